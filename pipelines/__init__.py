@@ -1,0 +1,1 @@
+"""diffusers integrations of sparge-diffusers, one module per model family."""

@@ -1,0 +1,181 @@
+"""`sparge_attn`: the public sparse attention call, its input checks and its backend dispatch.
+
+Backends, chosen per call:
+    ``"triton"``: fused prediction + block-sparse INT8/FP8 kernel on a CUDA GPU (when Triton and the kernels load).
+    ``"reference"``: the pure-PyTorch algorithm of `sparge_diffusers.kernels.reference` (CPU, or any device
+        where the Triton path is unavailable; logged once).
+    ``"dense"``: ``torch.nn.functional.scaled_dot_product_attention``, the documented fallback for unsupported head
+        dims, sequences below ``dense_below_seq_len`` and settings that keep every block in ``bf16`` precision.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+from ._logging import log_once
+from .block_map import BlockMap
+from .config import SpargeConfig, _check_ranges
+from .kernels import reference
+
+logger = logging.getLogger(__name__)
+
+LAYOUTS = ("BHSD", "BSHD")
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+KERNEL_HEAD_DIMS = (64, 128)
+
+
+@dataclass(frozen=True)
+class SpargeStats:
+    """What one `sparge_attn` call did.
+
+    Attributes:
+        sparsity: fp32 ``[B, H]`` fraction of skipped block pairs per head (0 on the dense path).
+        block_map: the kept blocks (None on the dense path).
+        backend: ``"triton"``, ``"reference"`` or ``"dense"``.
+    """
+
+    sparsity: torch.Tensor
+    block_map: Optional[BlockMap]
+    backend: str
+
+    @property
+    def mean_sparsity(self) -> float:
+        return float(self.sparsity.float().mean())
+
+
+def sparge_attn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    config: Optional[SpargeConfig] = None,
+    layout: str = "BHSD",
+    scale: Optional[float] = None,
+    return_stats: bool = False,
+    keep_ranges: Optional[Sequence[Tuple[int, int]]] = None,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, SpargeStats]]:
+    """Sparse + quantized attention (SpargeAttn, arXiv 2502.18137), a drop-in for softmax attention.
+
+    Args:
+        q: ``[B, H, Sq, D]`` (``layout="BHSD"``) or ``[B, Sq, H, D]`` (``"BSHD"``); fp16, bf16 or fp32. Views with
+            any strides are accepted.
+        k, v: ``[B, H, Sk, D]`` / ``[B, Sk, H, D]``, same dtype and device as ``q``.
+        config: the sparsity / precision setting; ``SpargeConfig()`` when None.
+        layout: ``"BHSD"`` or ``"BSHD"``; the output has the layout of the input.
+        scale: softmax scale, ``1/sqrt(D)`` when None.
+        return_stats: also return a `SpargeStats`.
+        keep_ranges: ``(start, end)`` token ranges whose rows and columns are always computed; overrides
+            ``config.keep_token_ranges`` for this call (integrations pass the text tokens here).
+    Returns:
+        the attention output shaped and typed like ``q``, and the stats when asked.
+    Raises:
+        ValueError: on mismatched shapes, devices or dtypes, an empty head dim, an unknown layout, NaN/inf inputs
+            (``config.check_finite``), or a non-positive scale.
+    """
+    config = SpargeConfig() if config is None else config
+    if not isinstance(config, SpargeConfig):
+        raise ValueError(f"config must be a SpargeConfig or None, got {type(config).__name__}")
+    q, k, v = _to_bhsd(q, k, v, layout)
+    _check_inputs(q, k, v, config)
+    head_dim = q.shape[-1]
+    scale = _check_scale(scale, head_dim)
+    ranges = config.keep_token_ranges if keep_ranges is None else _check_ranges("keep_ranges", keep_ranges)
+
+    backend = _choose_backend(q, k, config)
+    if backend == "dense":
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+        stats = SpargeStats(torch.zeros(q.shape[:2], device=q.device), None, "dense") if return_stats else None
+    else:
+        if backend == "triton":
+            from .kernels.dispatch import sparge_attention_triton
+
+            out, block_mask = sparge_attention_triton(q, k, v, config=config, scale=scale, keep_ranges=ranges)
+        else:
+            out, block_mask = reference.naive_sparge_attention(
+                q, k, v, scale=scale, block_m=config.block_m, block_n=config.block_n, topk=config.topk,
+                cdf_threshold=config.cdf_threshold, sim_threshold=config.sim_threshold,
+                pv_threshold=config.pv_threshold, precision=config.precision, keep_ranges=ranges,
+                predictor=config.predictor,
+            )
+        out = out.to(q.dtype)
+        stats = None
+        if return_stats:
+            block_map = BlockMap(block_mask, config.block_m, config.block_n, q.shape[-2], k.shape[-2])
+            stats = SpargeStats(block_map.sparsity_per_head(), block_map, backend)
+    if layout == "BSHD":
+        out = out.transpose(1, 2)
+    return (out, stats) if return_stats else out
+
+
+def _to_bhsd(q, k, v, layout: str):
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be 4-D ({layout}), got shape {tuple(x.shape)}")
+    if layout == "BSHD":
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    return q, k, v
+
+
+def _check_inputs(q, k, v, config: SpargeConfig) -> None:
+    if q.dtype not in DTYPES:
+        raise ValueError(f"q must be float16, bfloat16 or float32, got {q.dtype}")
+    for name, x in (("k", k), ("v", v)):
+        if x.dtype != q.dtype:
+            raise ValueError(f"{name} has dtype {x.dtype} but q has {q.dtype}; q, k and v must share one dtype")
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device} but q is on {q.device}; q, k and v must share one device")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got k {tuple(k.shape)} and v {tuple(v.shape)}")
+    if q.shape[:2] != k.shape[:2]:
+        raise ValueError(
+            f"q and k must agree on batch and heads, got q {tuple(q.shape)} and k {tuple(k.shape)} (as [B, H, S, D])"
+        )
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must have the same head dim, got {q.shape[-1]} and {k.shape[-1]}")
+    if q.shape[-1] == 0:
+        raise ValueError("head dim (last dim of q, k, v) must be >= 1, got 0")
+    if q.shape[0] == 0 or q.shape[1] == 0 or q.shape[-2] == 0 or k.shape[-2] == 0:
+        raise ValueError(
+            f"batch, heads and sequence lengths must be >= 1, got q {tuple(q.shape)} and k {tuple(k.shape)}"
+        )
+    if config.check_finite and not torch.compiler.is_compiling():
+        for name, x in (("q", q), ("k", k), ("v", v)):
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"{name} contains NaN or inf; sparge_attn needs finite inputs")
+
+
+def _check_scale(scale, head_dim: int) -> float:
+    if scale is None:
+        return head_dim ** -0.5
+    if not isinstance(scale, (int, float)) or not (scale > 0) or scale == float("inf"):
+        raise ValueError(f"scale must be a positive finite number or None, got {scale!r}")
+    return float(scale)
+
+
+def _choose_backend(q: torch.Tensor, k: torch.Tensor, config: SpargeConfig) -> str:
+    head_dim = q.shape[-1]
+    if head_dim > max(KERNEL_HEAD_DIMS) or (head_dim not in KERNEL_HEAD_DIMS and config.head_dim_fallback == "dense"):
+        log_once(logger, f"head_dim{head_dim}", "sparge_attn: head dim %d is not supported by the sparse kernels; "
+                 "using dense scaled_dot_product_attention", head_dim)
+        return "dense"
+    if k.shape[-2] < config.dense_below_seq_len:
+        return "dense"
+    if config.is_dense and config.precision == "bf16":
+        return "dense"
+    if q.is_cuda:
+        from .kernels.dispatch import triton_unavailable_reason
+
+        reason = triton_unavailable_reason(q)
+        if reason is None:
+            return "triton"
+        log_once(logger, f"triton:{reason}", "sparge_attn: Triton kernels unavailable (%s); using the PyTorch "
+                 "reference path, which is correct but slow", reason)
+    return "reference"

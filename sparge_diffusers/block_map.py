@@ -1,0 +1,105 @@
+"""`BlockMap`: which key blocks each query block attends to.
+
+A documented sparse format in the spirit of ``torch.nn.attention.flex_attention.BlockMask``: the boolean
+``mask[b, h, i, j]`` says whether query block ``i`` of head ``h`` in batch ``b`` computes key block ``j``.
+Query block ``i`` holds tokens ``[i * block_m, min((i + 1) * block_m, seq_len_q))``; key blocks likewise with
+``block_n``. The kernels consume the compact form ``to_lut()``: for each query block the ascending list of kept
+key-block indices and its length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import torch
+
+
+@dataclass(frozen=True)
+class BlockMap:
+    """Kept (query block, key block) pairs.
+
+    Attributes:
+        mask: bool ``[B, H, NQ, NK]`` with ``NQ = ceil(seq_len_q / block_m)``, ``NK = ceil(seq_len_k / block_n)``.
+        block_m, block_n: block sizes in tokens.
+        seq_len_q, seq_len_k: sequence lengths the map was built for.
+    """
+
+    mask: torch.Tensor
+    block_m: int
+    block_n: int
+    seq_len_q: int
+    seq_len_k: int
+
+    def __post_init__(self) -> None:
+        if self.mask.dtype != torch.bool or self.mask.dim() != 4:
+            raise ValueError(f"mask must be a bool [B, H, NQ, NK] tensor, got {self.mask.dtype} {tuple(self.mask.shape)}")
+        expected = (-(-self.seq_len_q // self.block_m), -(-self.seq_len_k // self.block_n))
+        if tuple(self.mask.shape[-2:]) != expected:
+            raise ValueError(
+                f"mask has {tuple(self.mask.shape[-2:])} blocks but seq_len_q={self.seq_len_q}, "
+                f"seq_len_k={self.seq_len_k} with blocks {self.block_m}x{self.block_n} need {expected}"
+            )
+
+    @property
+    def shape(self) -> Tuple[int, int, int, int]:
+        return tuple(self.mask.shape)
+
+    def kept_per_head(self) -> torch.Tensor:
+        """Fraction of kept block pairs per (batch, head): float ``[B, H]``."""
+        return self.mask.float().mean(dim=(-2, -1))
+
+    def sparsity_per_head(self) -> torch.Tensor:
+        """Fraction of skipped block pairs per (batch, head): float ``[B, H]``."""
+        return 1.0 - self.kept_per_head()
+
+    def sparsity(self) -> float:
+        """Fraction of skipped block pairs over the whole map (0 = dense)."""
+        return float(1.0 - self.mask.float().mean())
+
+    def token_sparsity(self) -> float:
+        """Fraction of skipped query-key token pairs: like `sparsity` but weighting partial last blocks by size."""
+        rows = _block_sizes(self.seq_len_q, self.block_m, self.mask.device)
+        cols = _block_sizes(self.seq_len_k, self.block_n, self.mask.device)
+        kept = (self.mask.float() * rows[:, None] * cols[None, :]).sum(dim=(-2, -1))
+        return float(1.0 - kept.mean() / (self.seq_len_q * self.seq_len_k))
+
+    def to_dense(self) -> torch.Tensor:
+        """Token-level bool mask ``[B, H, seq_len_q, seq_len_k]`` (True = computed)."""
+        dense = self.mask.repeat_interleave(self.block_m, dim=-2).repeat_interleave(self.block_n, dim=-1)
+        return dense[..., : self.seq_len_q, : self.seq_len_k]
+
+    def to_lut(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Compact form for the kernels.
+
+        Returns:
+            lut: int32 ``[B, H, NQ, NK]``; row ``lut[b, h, i, :counts[b, h, i]]`` holds the kept key-block indices of
+                query block ``i`` in ascending order, the rest is padding (0).
+            counts: int32 ``[B, H, NQ]`` number of kept key blocks.
+        """
+        num_k = self.mask.shape[-1]
+        index = torch.arange(num_k, device=self.mask.device, dtype=torch.int32)
+        keys = torch.where(self.mask, index, num_k + index)
+        lut = torch.sort(keys, dim=-1).values
+        counts = self.mask.sum(dim=-1, dtype=torch.int32)
+        lut = torch.where(lut < num_k, lut, torch.zeros_like(lut))
+        return lut.to(torch.int32).contiguous(), counts.contiguous()
+
+    @classmethod
+    def full(cls, batch: int, heads: int, seq_len_q: int, seq_len_k: int, block_m: int, block_n: int,
+             device=None) -> "BlockMap":
+        """A map that keeps every block (dense attention)."""
+        shape = (batch, heads, -(-seq_len_q // block_m), -(-seq_len_k // block_n))
+        return cls(torch.ones(shape, dtype=torch.bool, device=device), block_m, block_n, seq_len_q, seq_len_k)
+
+    def __repr__(self) -> str:
+        b, h, nq, nk = self.mask.shape
+        return (
+            f"BlockMap(batch={b}, heads={h}, query_blocks={nq}x{self.block_m}, key_blocks={nk}x{self.block_n}, "
+            f"seq_len=({self.seq_len_q}, {self.seq_len_k}), sparsity={self.sparsity():.3f})"
+        )
+
+
+def _block_sizes(seq_len: int, block: int, device) -> torch.Tensor:
+    starts = torch.arange(0, seq_len, block, device=device)
+    return (torch.clamp(seq_len - starts, max=block)).float()

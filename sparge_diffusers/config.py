@@ -1,0 +1,138 @@
+"""`SpargeConfig`: the one frozen, validated description of a sparse attention setting.
+
+Paper symbols (SpargeAttn, Zhang et al., ICML 2025, arXiv 2502.18137):
+
+- τ (``cdf_threshold``): TopCdf keeps, per query block, the fewest key blocks whose predicted attention mass
+  reaches τ (Sec. 3.2).
+- θ (``sim_threshold``): a block whose mean pairwise cosine similarity is below θ is not well represented by its
+  mean token; such blocks are always computed (the paper's "fix" blocks, Sec. 3.2).
+- λ (``pv_threshold``): stage-2 filter; inside the kernel a key block's P·V product is skipped when its row maxima
+  all lie more than ``-λ`` below the running maxima of the online softmax (Sec. 3.4). λ ≤ 0 in natural-log units.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Optional, Tuple
+
+PRECISIONS = ("int8-fp8", "int8-fp16", "bf16")
+REORDERS = ("hilbert", "rowmajor", "none")
+PREDICTORS = ("sparge", "full")
+HEAD_DIM_FALLBACKS = ("pad", "dense")
+BLOCK_SIZES = (64, 128)
+
+TokenRange = Tuple[int, int]
+
+
+def _check_ranges(name: str, ranges) -> Tuple[TokenRange, ...]:
+    try:
+        normalized = tuple((int(start), int(end)) for start, end in ranges)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a sequence of (start, end) integer pairs, got {ranges!r}") from None
+    for start, end in normalized:
+        if start < 0 or end < start:
+            raise ValueError(f"{name} must hold ranges with 0 <= start <= end, got ({start}, {end})")
+    return normalized
+
+
+@dataclass(frozen=True)
+class SpargeConfig:
+    """How sparse attention is predicted and computed.
+
+    Selection (exactly one of ``topk`` / ``cdf_threshold`` is used; ``topk`` wins when both are given):
+        topk: fraction of key blocks kept per query block, in (0, 1]. ``1.0`` is dense attention.
+        cdf_threshold: τ in (0, 1]; TopCdf selection of key blocks by predicted mass.
+        sim_threshold: θ in [-1, 1] or None (off). Query blocks below θ keep all key blocks; key blocks below θ are
+            kept for every query block.
+        pv_threshold: λ ≤ 0 or None (off); stage-2 skip of P·V for key blocks far below the running max.
+        predictor: ``"sparge"`` (the paper's stage 1) or ``"full"`` (keep every block; quantized dense attention).
+
+    Kernel:
+        block_m, block_n: query / key block sizes in tokens (64 or 128).
+        precision: ``"int8-fp8"`` (INT8 Q·Kᵀ, FP8 e4m3 P·V; FP16 P·V where the GPU has no FP8),
+            ``"int8-fp16"`` (INT8 Q·Kᵀ, FP16 P·V) or ``"bf16"`` (no quantization, sparsity only).
+
+    Tokens:
+        reorder: ``"hilbert"`` (visual tokens in Hilbert-curve order), ``"rowmajor"`` or ``"none"`` (keep the model's
+            own order, which for the supported models is row-major over (t, h, w)). Used by the diffusers
+            integration, which knows the latent grid; ``sparge_attn`` itself never reorders.
+        keep_token_ranges: ``(start, end)`` token ranges whose query rows and key columns are always computed
+            (text tokens); integrations pass the model's text range per call.
+
+    Fallbacks and policies:
+        dense_below_seq_len: sequences shorter than this use dense attention (the predictor does not pay there).
+        head_dim_fallback: head dims other than 64/128 are zero-padded up to 64 or 128 (``"pad"``) or sent to dense
+            attention (``"dense"``). Head dims above 128 always use dense attention.
+        dense_steps: the first N denoising steps use dense attention (integration only).
+        dense_layers: indices of attention layers that always use dense attention (integration only).
+        check_finite: raise ValueError on NaN/inf inputs (one device sync per call; skipped under torch.compile).
+    """
+
+    topk: Optional[float] = 0.5
+    cdf_threshold: Optional[float] = None
+    sim_threshold: Optional[float] = 0.6
+    pv_threshold: Optional[float] = None
+    predictor: str = "sparge"
+    block_m: int = 128
+    block_n: int = 64
+    precision: str = "int8-fp8"
+    reorder: str = "hilbert"
+    keep_token_ranges: Tuple[TokenRange, ...] = ()
+    dense_below_seq_len: int = 0
+    head_dim_fallback: str = "pad"
+    dense_steps: int = 0
+    dense_layers: Tuple[int, ...] = ()
+    check_finite: bool = True
+
+    def __post_init__(self) -> None:
+        if self.topk is None and self.cdf_threshold is None and self.predictor == "sparge":
+            raise ValueError("SpargeConfig needs topk (in (0, 1]) or cdf_threshold (in (0, 1]); both are None")
+        for name in ("topk", "cdf_threshold"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and 0.0 < value <= 1.0):
+                raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+        if self.sim_threshold is not None and not (-1.0 <= self.sim_threshold <= 1.0):
+            raise ValueError(f"sim_threshold (θ) must be in [-1, 1] or None, got {self.sim_threshold!r}")
+        if self.pv_threshold is not None and not (
+            isinstance(self.pv_threshold, (int, float)) and self.pv_threshold <= 0 and not math.isnan(self.pv_threshold)
+        ):
+            raise ValueError(f"pv_threshold (λ) must be a number <= 0 or None, got {self.pv_threshold!r}")
+        _check_choice("predictor", self.predictor, PREDICTORS)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("reorder", self.reorder, REORDERS)
+        _check_choice("head_dim_fallback", self.head_dim_fallback, HEAD_DIM_FALLBACKS)
+        _check_choice("block_m", self.block_m, BLOCK_SIZES)
+        _check_choice("block_n", self.block_n, BLOCK_SIZES)
+        object.__setattr__(self, "keep_token_ranges", _check_ranges("keep_token_ranges", self.keep_token_ranges))
+        for name in ("dense_below_seq_len", "dense_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        try:
+            layers = tuple(int(layer) for layer in self.dense_layers)
+        except (TypeError, ValueError):
+            raise ValueError(f"dense_layers must be a sequence of layer indices, got {self.dense_layers!r}") from None
+        object.__setattr__(self, "dense_layers", layers)
+
+    @property
+    def is_dense(self) -> bool:
+        """True when the setting keeps every block (no sparsity is possible)."""
+        if self.predictor == "full":
+            return True
+        if self.topk is not None:
+            return self.topk >= 1.0
+        return self.cdf_threshold >= 1.0
+
+    def replace(self, **changes) -> "SpargeConfig":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain-JSON view, for sidecars and benchmark rows."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
