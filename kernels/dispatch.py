@@ -1,12 +1,198 @@
-"""Glue between `sparge_attn` and the Triton kernels: availability check and the fused launch sequence."""
+"""The fused Triton path of `sparge_attn`: availability check, launch sequence and the ``torch.library`` op.
+
+Launch sequence for one call (q, k, v ``[B, H, S, D]``, any strides):
+    1. `quantize.quant_pool_fwd` on Q and on K: INT8 values + scales, block means, self-similarities (one pass each);
+    2. `quantize.quant_v_fp8_fwd` (FP8, transposed) or an FP16 copy of V, per precision;
+    3. `predict.select_blocks_fwd`: pooled scores (one small matmul) and the kept-block list;
+    4. `block_sparse_attn.block_sparse_attn_fwd`.
+The whole sequence is registered as the custom op ``sparge_diffusers::sparge_attention`` with a fake (meta)
+implementation, so ``torch.compile`` traces through it without a graph break.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+import functools
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+
+KERNEL_HEAD_DIMS = (64, 128)
 
 
 def triton_unavailable_reason(q: torch.Tensor) -> Optional[str]:
     """None when the Triton path can run on ``q``'s device, else a short reason."""
-    return "the Triton kernels are not part of this build yet"
+    if not q.is_cuda:
+        return f"tensors are on {q.device.type}, the Triton kernels need a CUDA device"
+    if torch.version.hip is not None:
+        return "ROCm is not supported by these kernels"
+    if torch.cuda.get_device_capability(q.device) < (8, 0):
+        return "the kernels need compute capability 8.0 (Ampere) or newer"
+    try:
+        _kernel_modules()
+    except Exception as error:  # an unusable Triton install must not break attention
+        return f"Triton failed to load: {error}"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel_modules():
+    from . import block_sparse_attn, predict, quantize
+
+    return quantize, predict, block_sparse_attn
+
+
+@functools.lru_cache(maxsize=16)
+def has_fp8(device_index: int) -> bool:
+    """FP8 e4m3 tensor cores (sm89 Ada, sm90 Hopper and newer)."""
+    return torch.cuda.get_device_capability(device_index) >= (8, 9)
+
+
+def sparge_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    block_m: int,
+    block_n: int,
+    topk: Optional[float],
+    cdf_threshold: Optional[float],
+    sim_threshold: Optional[float],
+    pv_threshold: Optional[float],
+    precision: str,
+    keep_ranges: Sequence[Tuple[int, int]],
+    predictor: str,
+    target_error: Optional[float] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Predict + quantize + block-sparse attention on the GPU.
+
+    Args:
+        q: ``[B, H, Sq, D]``; k, v: ``[B, H, Sk, D]`` (any strides), D in (64, 128) (callers pad other head dims).
+    Returns:
+        ``out`` ``[B, H, Sq, D]`` contiguous in q's dtype; ``lut`` int32 ``[B, H, NQ, NK]``; ``counts`` int32
+        ``[B, H, NQ]``.
+    """
+    flat_ranges = [bound for pair in keep_ranges for bound in pair]
+    return torch.ops.sparge_diffusers.sparge_attention(
+        q, k, v, scale, block_m, block_n, topk, cdf_threshold, sim_threshold, pv_threshold, precision, flat_ranges,
+        predictor, target_error,
+    )
+
+
+@torch.library.custom_op("sparge_diffusers::sparge_attention", mutates_args=())
+def _sparge_attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    block_m: int,
+    block_n: int,
+    topk: Optional[float],
+    cdf_threshold: Optional[float],
+    sim_threshold: Optional[float],
+    pv_threshold: Optional[float],
+    precision: str,
+    keep_ranges: List[int],
+    predictor: str,
+    target_error: Optional[float],
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    device_scope = torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext()
+    with device_scope:
+        return sparge_attention_launch(q, k, v, scale, block_m, block_n, topk, cdf_threshold, sim_threshold,
+                                       pv_threshold, precision, keep_ranges, predictor, target_error)
+
+
+def sparge_attention_launch(q, k, v, scale, block_m, block_n, topk, cdf_threshold, sim_threshold, pv_threshold,
+                            precision, keep_ranges, predictor, target_error=None):
+    """The launch sequence behind the custom op (callable directly, e.g. under ``TRITON_INTERPRET=1``).
+
+    Selection follows `reference.naive_sparge_attention`: ``target_error`` (ε) replaces ``topk`` / ``cdf_threshold``
+    (TopCdf with ``τ = 1 − ε · DROP_MASS_PER_ERROR``); the ``"sparge"`` predictor runs fused in Triton, ``"lse"``
+    runs as PyTorch ops on the device (`predictors.naive_predict_block_mask_lse`).
+    """
+    quantize, predict, attn = _kernel_modules()
+    ranges = list(zip(keep_ranges[0::2], keep_ranges[1::2]))
+    b, h, sq, d = q.shape
+    sk = k.shape[2]
+    if target_error is not None:
+        from .predictors import DROP_MASS_PER_ERROR
+
+        topk, cdf_threshold = None, 1.0 - target_error * DROP_MASS_PER_ERROR
+    elif topk is not None:
+        cdf_threshold = None
+    keeps_all = predictor == "full" or (topk is not None and topk >= 1.0) or (topk is None and cdf_threshold >= 1.0)
+    quantized = precision != "bf16"
+    want_pool = predictor == "sparge" and not keeps_all
+    q_int8, q_scale, q_means, q_sims = quantize.quant_pool_fwd(
+        q, block_m, scale_mult=scale * attn.LOG2E, quantize=quantized, pool=want_pool)
+    k_int8, k_scale, k_means, k_sims = quantize.quant_pool_fwd(
+        k, block_n, smooth=True, quantize=quantized, pool=want_pool)
+    if keeps_all:
+        lut, counts = full_lut(b, h, sq, sk, block_m, block_n, q.device)
+    elif want_pool:
+        lut, counts = predict.select_blocks_fwd(
+            q_means, k_means, q_sims, k_sims, seq_len_q=sq, seq_len_k=sk, block_m=block_m, block_n=block_n,
+            scale=scale, topk=topk, cdf_threshold=cdf_threshold, sim_threshold=sim_threshold, keep_ranges=ranges,
+        )
+    elif predictor == "lse":
+        from .predictors import naive_predict_block_mask_lse
+
+        mask = naive_predict_block_mask_lse(
+            q, k, block_m=block_m, block_n=block_n, scale=scale, topk=topk,
+            drop_mass=None if topk is not None else 1.0 - cdf_threshold, keep_ranges=ranges)
+        lut, counts = predict.lut_from_mask(mask)
+    else:
+        raise ValueError(f"predictor must be 'sparge', 'lse' or 'full', got {predictor!r}")
+
+    out = torch.empty((b, h, sq, d), dtype=q.dtype, device=q.device)
+    pv_mode = _pv_mode(precision, q.device)
+    kwargs = dict(seq_len_q=sq, seq_len_k=sk, block_m=block_m, block_n=block_n, pv_mode=pv_mode,
+                  softmax_scale=scale, pv_threshold=pv_threshold)
+    if not quantized:
+        attn.block_sparse_attn_fwd(q, k, v, lut, counts, out, **kwargs)
+    elif pv_mode == attn.PV_FP8:
+        v_fp8, v_scale = quantize.quant_v_fp8_fwd(v, block_n)
+        attn.block_sparse_attn_fwd(q_int8, k_int8, v_fp8, lut, counts, out, q_scale=q_scale, k_scale=k_scale,
+                                   v_scale=v_scale, v_transposed=True, **kwargs)
+    else:
+        attn.block_sparse_attn_fwd(q_int8, k_int8, padded_fp16(v, block_n), lut, counts, out, q_scale=q_scale,
+                                   k_scale=k_scale, **kwargs)
+    return out, lut, counts
+
+
+@_sparge_attention_op.register_fake
+def _sparge_attention_fake(q, k, v, scale, block_m, block_n, topk, cdf_threshold, sim_threshold, pv_threshold,
+                           precision, keep_ranges, predictor, target_error):
+    b, h, sq, d = q.shape
+    nq, nk = -(-sq // block_m), -(-k.shape[2] // block_n)
+    out = q.new_empty((b, h, sq, d))
+    return out, q.new_empty((b, h, nq, nk), dtype=torch.int32), q.new_empty((b, h, nq), dtype=torch.int32)
+
+
+def _pv_mode(precision: str, device: torch.device) -> int:
+    from .block_sparse_attn import PV_FP8, PV_FP16, PV_NATIVE
+
+    if precision == "bf16":
+        return PV_NATIVE
+    if precision == "int8-fp8" and (device.type != "cuda" or has_fp8(device.index or 0)):
+        return PV_FP8
+    return PV_FP16
+
+
+def padded_fp16(v: torch.Tensor, block_n: int) -> torch.Tensor:
+    """FP16 copy of ``v [B, H, S, D]`` zero padded to whole key blocks: ``[B, H, S_pad, D]``."""
+    b, h, s, d = v.shape
+    s_pad = -(-s // block_n) * block_n
+    out = torch.empty((b, h, s_pad, d), dtype=torch.float16, device=v.device)
+    out[:, :, :s].copy_(v)
+    out[:, :, s:].zero_()
+    return out
+
+
+def full_lut(b: int, h: int, sq: int, sk: int, block_m: int, block_n: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The kept-block list of dense attention: every key block for every query block."""
+    nq, nk = -(-sq // block_m), -(-sk // block_n)
+    lut = torch.arange(nk, dtype=torch.int32, device=device).expand(b, h, nq, nk).contiguous()
+    counts = torch.full((b, h, nq), nk, dtype=torch.int32, device=device)
+    return lut, counts

@@ -340,21 +340,44 @@ def naive_sparge_attention(
     precision: str = "bf16",
     keep_ranges: Sequence[Tuple[int, int]] = (),
     predictor: str = "sparge",
+    target_error: Optional[float] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The whole algorithm: stage-1 prediction then stage-2 block-sparse attention.
 
+    Args:
+        predictor: ``"sparge"`` (`naive_predict_block_mask`), ``"lse"``
+            (`predictors.naive_predict_block_mask_lse`; ``sim_threshold`` unused) or ``"full"``.
+        target_error: ε, an error budget that replaces ``topk`` / ``cdf_threshold``: ``"lse"`` drops per query
+            block the least massive key blocks up to a predicted mass ``δ = ε · DROP_MASS_PER_ERROR``; ``"sparge"``
+            uses TopCdf with ``τ = 1 − δ``. Otherwise ``topk`` wins over ``cdf_threshold``; ``"lse"`` maps τ to
+            ``δ = 1 − τ``.
     Returns:
         out: fp32 ``[B, H, Sq, D]``; block_mask: bool ``[B, H, NQ, NK]``.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if target_error is not None:
+        from .predictors import DROP_MASS_PER_ERROR
+
+        topk, cdf_threshold = None, 1.0 - target_error * DROP_MASS_PER_ERROR
+    elif topk is not None:
+        cdf_threshold = None
     if predictor == "full" or (topk is not None and topk >= 1.0) or (topk is None and cdf_threshold >= 1.0):
         shape = (*q.shape[:2], num_blocks(q.shape[-2], block_m), num_blocks(k.shape[-2], block_n))
         block_mask = torch.ones(shape, dtype=torch.bool, device=q.device)
-    else:
+    elif predictor == "lse":
+        from .predictors import naive_predict_block_mask_lse
+
+        block_mask = naive_predict_block_mask_lse(
+            q, k, block_m=block_m, block_n=block_n, scale=scale, topk=topk,
+            drop_mass=None if topk is not None else 1.0 - cdf_threshold, keep_ranges=keep_ranges,
+        )
+    elif predictor == "sparge":
         block_mask = naive_predict_block_mask(
             q, k, block_m=block_m, block_n=block_n, scale=scale, topk=topk, cdf_threshold=cdf_threshold,
             sim_threshold=sim_threshold, keep_ranges=keep_ranges,
         )
+    else:
+        raise ValueError(f"predictor must be 'sparge', 'lse' or 'full', got {predictor!r}")
     out = naive_block_sparse_attention(
         q, k, v, block_mask, block_m=block_m, block_n=block_n, scale=scale, precision=precision,
         pv_threshold=pv_threshold,

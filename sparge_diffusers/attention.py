@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 
 from ._logging import log_once
-from .block_map import BlockMap
+from .block_map import BlockMap, block_mask_from_lut
 from .config import SpargeConfig, _check_ranges
 from .kernels import reference
 
@@ -93,13 +93,21 @@ def sparge_attn(
         if backend == "triton":
             from .kernels.dispatch import sparge_attention_triton
 
-            out, block_mask = sparge_attention_triton(q, k, v, config=config, scale=scale, keep_ranges=ranges)
+            padded = _pad_head_dim(q, k, v)
+            out, lut, counts = sparge_attention_triton(
+                *padded, scale=scale, block_m=config.block_m, block_n=config.block_n, topk=config.topk,
+                cdf_threshold=config.cdf_threshold, sim_threshold=config.sim_threshold,
+                pv_threshold=config.pv_threshold, precision=config.precision, keep_ranges=ranges,
+                predictor=config.predictor, target_error=config.target_error,
+            )
+            out = out[..., :head_dim]
+            block_mask = block_mask_from_lut(lut, counts) if return_stats else None
         else:
             out, block_mask = reference.naive_sparge_attention(
                 q, k, v, scale=scale, block_m=config.block_m, block_n=config.block_n, topk=config.topk,
                 cdf_threshold=config.cdf_threshold, sim_threshold=config.sim_threshold,
                 pv_threshold=config.pv_threshold, precision=config.precision, keep_ranges=ranges,
-                predictor=config.predictor,
+                predictor=config.predictor, target_error=config.target_error,
             )
         out = out.to(q.dtype)
         stats = None
@@ -158,6 +166,15 @@ def _check_scale(scale, head_dim: int) -> float:
     if not isinstance(scale, (int, float)) or not (scale > 0) or scale == float("inf"):
         raise ValueError(f"scale must be a positive finite number or None, got {scale!r}")
     return float(scale)
+
+
+def _pad_head_dim(q, k, v):
+    """Zero-pad the head dim up to the next kernel head dim (zeros change neither scores nor kept outputs)."""
+    head_dim = q.shape[-1]
+    target = next(d for d in KERNEL_HEAD_DIMS if d >= head_dim)
+    if target == head_dim:
+        return q, k, v
+    return tuple(torch.nn.functional.pad(x, (0, target - head_dim)) for x in (q, k, v))
 
 
 def _choose_backend(q: torch.Tensor, k: torch.Tensor, config: SpargeConfig) -> str:

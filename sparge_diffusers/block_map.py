@@ -77,13 +77,9 @@ class BlockMap:
                 query block ``i`` in ascending order, the rest is padding (0).
             counts: int32 ``[B, H, NQ]`` number of kept key blocks.
         """
-        num_k = self.mask.shape[-1]
-        index = torch.arange(num_k, device=self.mask.device, dtype=torch.int32)
-        keys = torch.where(self.mask, index, num_k + index)
-        lut = torch.sort(keys, dim=-1).values
-        counts = self.mask.sum(dim=-1, dtype=torch.int32)
-        lut = torch.where(lut < num_k, lut, torch.zeros_like(lut))
-        return lut.to(torch.int32).contiguous(), counts.contiguous()
+        from .kernels.lut import lut_from_mask
+
+        return lut_from_mask(self.mask)
 
     @classmethod
     def full(cls, batch: int, heads: int, seq_len_q: int, seq_len_k: int, block_m: int, block_n: int,
@@ -103,3 +99,11 @@ class BlockMap:
 def _block_sizes(seq_len: int, block: int, device) -> torch.Tensor:
     starts = torch.arange(0, seq_len, block, device=device)
     return (torch.clamp(seq_len - starts, max=block)).float()
+
+
+def block_mask_from_lut(lut: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Inverse of `BlockMap.to_lut`: bool ``[B, H, NQ, NK]`` from ``lut [B, H, NQ, NK]`` and ``counts [B, H, NQ]``."""
+    listed = torch.arange(lut.shape[-1], device=lut.device) < counts.unsqueeze(-1)
+    hits = torch.zeros(lut.shape, dtype=torch.int32, device=lut.device)
+    hits.scatter_add_(-1, torch.where(listed, lut, 0).long(), listed.to(torch.int32))
+    return hits > 0

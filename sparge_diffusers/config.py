@@ -6,6 +6,9 @@ Paper symbols (SpargeAttn, Zhang et al., ICML 2025, arXiv 2502.18137):
   reaches τ (Sec. 3.2).
 - θ (``sim_threshold``): a block whose mean pairwise cosine similarity is below θ is not well represented by its
   mean token; such blocks are always computed (the paper's "fix" blocks, Sec. 3.2).
+- ε (``target_error``): an error budget, the relative L1 error against dense attention the user accepts; mapped to
+  a drop budget of predicted block mass per query block (``δ = ε · DROP_MASS_PER_ERROR``, measured on video-like
+  attention, see `sparge_diffusers.kernels.predictors`), so that no threshold needs tuning per model.
 - λ (``pv_threshold``): stage-2 filter; inside the kernel a key block's P·V product is skipped when its row maxima
   all lie more than ``-λ`` below the running maxima of the online softmax (Sec. 3.4). λ ≤ 0 in natural-log units.
 """
@@ -18,7 +21,7 @@ from typing import Optional, Tuple
 
 PRECISIONS = ("int8-fp8", "int8-fp16", "bf16")
 REORDERS = ("hilbert", "rowmajor", "none")
-PREDICTORS = ("sparge", "full")
+PREDICTORS = ("sparge", "lse", "full")
 HEAD_DIM_FALLBACKS = ("pad", "dense")
 BLOCK_SIZES = (64, 128)
 
@@ -40,13 +43,19 @@ def _check_ranges(name: str, ranges) -> Tuple[TokenRange, ...]:
 class SpargeConfig:
     """How sparse attention is predicted and computed.
 
-    Selection (exactly one of ``topk`` / ``cdf_threshold`` is used; ``topk`` wins when both are given):
+    Selection (exactly one rule is used: ``target_error`` when given, else ``topk``, else ``cdf_threshold``):
+        target_error: ε in (0, 1) or None: the relative L1 error budget against dense attention. Per query block,
+            the least massive key blocks are dropped while their cumulative predicted mass is ``<= ε · c``
+            (``c = predictors.DROP_MASS_PER_ERROR``; with ``predictor="sparge"``: TopCdf with ``τ = 1 − ε · c``).
         topk: fraction of key blocks kept per query block, in (0, 1]. ``1.0`` is dense attention.
         cdf_threshold: τ in (0, 1]; TopCdf selection of key blocks by predicted mass.
         sim_threshold: θ in [-1, 1] or None (off). Query blocks below θ keep all key blocks; key blocks below θ are
             kept for every query block.
         pv_threshold: λ ≤ 0 or None (off); stage-2 skip of P·V for key blocks far below the running max.
-        predictor: ``"sparge"`` (the paper's stage 1) or ``"full"`` (keep every block; quantized dense attention).
+        predictor: ``"sparge"`` (the paper's stage 1: pooled q̄·k̄ scores, self-similarity test),
+            ``"lse"`` (mean query of each block scored against every key token, log-sum-exp per key block, with a
+            query-variance correction; ``sim_threshold`` is not used) or ``"full"`` (keep every block; quantized
+            dense attention). See `sparge_diffusers.kernels.predictors`.
 
     Kernel:
         block_m, block_n: query / key block sizes in tokens (64 or 128).
@@ -84,9 +93,15 @@ class SpargeConfig:
     dense_steps: int = 0
     dense_layers: Tuple[int, ...] = ()
     check_finite: bool = True
+    target_error: Optional[float] = None  # last, so that positional arguments keep their meaning
 
     def __post_init__(self) -> None:
-        if self.topk is None and self.cdf_threshold is None and self.predictor == "sparge":
+        if self.target_error is not None and not (
+            isinstance(self.target_error, (int, float)) and 0.0 < self.target_error < 1.0
+        ):
+            raise ValueError(f"target_error (ε) must be in (0, 1) or None, got {self.target_error!r}")
+        if (self.topk is None and self.cdf_threshold is None and self.target_error is None
+                and self.predictor != "full"):
             raise ValueError("SpargeConfig needs topk (in (0, 1]) or cdf_threshold (in (0, 1]); both are None")
         for name in ("topk", "cdf_threshold"):
             value = getattr(self, name)
@@ -120,6 +135,8 @@ class SpargeConfig:
         """True when the setting keeps every block (no sparsity is possible)."""
         if self.predictor == "full":
             return True
+        if self.target_error is not None:
+            return False
         if self.topk is not None:
             return self.topk >= 1.0
         return self.cdf_threshold >= 1.0

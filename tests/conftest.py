@@ -1,7 +1,14 @@
 """Shared fixtures: seeded generators and the GPU marker's skip rule."""
 
-import pytest
+import os
+
 import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels run on the CPU through the interpreter; must be set before any kernel module is imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
