@@ -68,7 +68,6 @@ def _block_sparse_attn_fwd_kernel(
     H, SQ, SK, NQ, NK, qk_scale, pv_threshold,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
     QK_INT8: tl.constexpr, PV_MODE: tl.constexpr, MASK_KV: tl.constexpr, USE_PV_THRESHOLD: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr,
 ):
     # q: [B, H, SQ, D]; k, v: [B, H, SK, D] as (s, d) element strides (V may be stored [B, H, D, S_pad]);
     # q_scale: [B, H, NQ]; k_scale: [B, H, NK] (INT8 scales, softmax scale · log2 e folded into q_scale);
@@ -99,7 +98,7 @@ def _block_sparse_attn_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    for it in tl.range(0, count, warp_specialize=WARP_SPECIALIZE):
+    for it in range(0, count):
         kb = tl.load(lut_row + it)
         cols = kb * BLOCK_N + offs_n
         kv_mask = cols < SK
@@ -146,7 +145,6 @@ def block_sparse_attn_fwd(
     v_transposed: bool = False,
     num_warps: Optional[int] = None,
     num_stages: Optional[int] = None,
-    warp_specialize: bool = False,
 ) -> torch.Tensor:
     """Launch the block-sparse kernel; writes and returns ``out [B, H, Sq, D]``.
 
@@ -174,7 +172,7 @@ def block_sparse_attn_fwd(
         h, seq_len_q, seq_len_k, nq, nk, softmax_scale * LOG2E,
         (pv_threshold if pv_threshold is not None else -math.inf) * LOG2E,
         BLOCK_M=block_m, BLOCK_N=block_n, D=d, QK_INT8=qk_int8, PV_MODE=pv_mode,
-        MASK_KV=not qk_int8, USE_PV_THRESHOLD=pv_threshold is not None, WARP_SPECIALIZE=warp_specialize,
+        MASK_KV=not qk_int8, USE_PV_THRESHOLD=pv_threshold is not None,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out

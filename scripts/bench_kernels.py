@@ -250,15 +250,14 @@ def tune(shape_names):
             nq, nk = triton.cdiv(s, bm), triton.cdiv(s, bn)
             for sparsity in (0.0, 0.9):
                 lut, counts = BlockMap(random_block_mask(b, h, nq, nk, sparsity, "cuda"), bm, bn, s, s).to_lut()
-                settings = [(4, 3, False), (4, 4, False), (4, 3, True), (8, 3, True)] if bm == 128 else [(4, 3, False)]
-                for warps, stages, specialize in settings:
+                settings = [(4, 3), (4, 4), (8, 3)] if bm == 128 else [(4, 3)]
+                for warps, stages in settings:
                     def run():
                         block_sparse_attn.block_sparse_attn_fwd(
                             q8, k8, v8, lut, counts, out, seq_len_q=s, seq_len_k=s, block_m=bm, block_n=bn,
                             pv_mode=block_sparse_attn.PV_FP8, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale,
-                            v_transposed=True, softmax_scale=d ** -0.5, num_warps=warps, num_stages=stages,
-                            warp_specialize=specialize)
-                    label = f"tune {name:<12} sp={sparsity} BM={bm} BN={bn} warps={warps} stages={stages} ws={specialize}"
+                            v_transposed=True, softmax_scale=d ** -0.5, num_warps=warps, num_stages=stages)
+                    label = f"tune {name:<12} sp={sparsity} BM={bm} BN={bn} warps={warps} stages={stages}"
                     try:
                         run()
                         ms = timed(run)
