@@ -42,16 +42,17 @@ def _quant_pool_fwd_kernel(
     stat_off = pid_bh * NB + pid_blk
     if POOL:
         tl.store(MEAN + stat_off * D + offs_d, tl.sum(x, axis=0) / n)
-        norms = tl.sqrt(tl.sum(x * x, axis=1))  # [BLOCK]
-        unit = x / tl.maximum(norms, 1e-12)[:, None]
+        inv_norms = tl.math.rsqrt(tl.maximum(tl.sum(x * x, axis=1), 1e-24))  # [BLOCK]
+        unit = x * inv_norms[:, None]
         unit_sum = tl.sum(unit, axis=0)  # [D]
         tl.store(SIM + stat_off, tl.sum(unit_sum * unit_sum, axis=0) / (n * n))
     if QUANTIZE:
         if SMOOTH:
             shift = tl.load(SHIFT + pid_bh * D + offs_d)
             x = tl.where(row_valid[:, None], x - shift[None, :], 0.0)
-        scale = tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0), 1e-12) / 127.0
-        q = x / scale
+        amax = tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0), 1e-12)
+        scale = amax / 127.0
+        q = x * (127.0 / amax)
         q = q + tl.where(q >= 0, 0.5, -0.5)
         out_ptrs = X_INT8 + pid_bh * NB * BLOCK * D + offs_s[:, None] * D + offs_d[None, :]
         tl.store(out_ptrs, q.to(tl.int8))
@@ -114,8 +115,8 @@ def _quant_v_fp8_fwd_kernel(
     offs_d = tl.arange(0, D)
     v_ptrs = V + off_b * stride_vb + off_h * stride_vh + offs_s[:, None] * stride_vs + offs_d[None, :] * stride_vd
     v = tl.load(v_ptrs, mask=(offs_s < S)[:, None], other=0.0).to(tl.float32)  # [BLOCK, D]
-    scale = tl.load(V_SCALE + pid_bh * D + offs_d)  # [D]
-    v8 = (v / scale[None, :]).to(tl.float8e4nv)
+    inv_scale = 1.0 / tl.load(V_SCALE + pid_bh * D + offs_d)  # [D]
+    v8 = (v * inv_scale[None, :]).to(tl.float8e4nv)
     out_ptrs = V_OUT + pid_bh * D * S_PAD + offs_d[None, :] * S_PAD + offs_s[:, None]
     tl.store(out_ptrs, v8, mask=(offs_s < S_PAD)[:, None])
 

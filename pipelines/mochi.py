@@ -1,0 +1,222 @@
+"""Mochi: Sparge processor, token geometry and the wrapped pipeline (diffusers 0.42).
+
+Token layout of ``MochiTransformer3DModel``: video tokens come FIRST, row-major over the latent grid
+``(frames, height // patch_size, width // patch_size)``; each attention layer appends the sample's VALID text tokens
+(``encoder_attention_mask``), so the attention sequence of sample ``b`` is ``[video (N), text (n_b)]`` and the stock
+processor runs one attention per sample. The patch embedding runs per frame and RoPE (``self.rope``) is computed
+inside the forward; the transformer has no ``set_attn_processor``.
+
+Boundary reorder: a forward hook on ``rope`` permutes the rotary embeddings, a forward pre-hook on the first
+transformer block permutes the hidden states (the first place where all frames' tokens form one sequence), and a
+forward hook on ``proj_out`` restores row-major order before the unpatchify reshape.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List, Optional
+
+import torch
+import torch.nn.functional as F
+from diffusers import MochiPipeline
+
+from sparge_diffusers.integration import SpargeContext, SpargeProcessor
+
+from ._base import BoundArguments, Family, SpargePipelineMixin, boundary_permutation, resolve_grid, revert_output_hook
+
+
+def _apply_rotary_emb(x, freqs_cos, freqs_sin):
+    # MochiAttnProcessor2_0's inner helper (diffusers 0.42)
+    x_even = x[..., 0::2].float()
+    x_odd = x[..., 1::2].float()
+
+    cos = (x_even * freqs_cos - x_odd * freqs_sin).to(x.dtype)
+    sin = (x_even * freqs_sin + x_odd * freqs_cos).to(x.dtype)
+
+    return torch.stack([cos, sin], dim=-1).flatten(-2)
+
+
+def mochi_attention(proc: SpargeProcessor, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                    attention_mask: torch.Tensor, image_rotary_emb=None):
+    """``MochiAttnProcessor2_0`` of diffusers 0.42 with `sparge_attn` as attention.
+
+    Per sample ``b``: the sequence is ``[video (N), valid text (n_b)]`` and the text range ``[N, N + n_b)`` is always
+    computed, so a padded batch (CFG with prompts of different lengths) keeps each sample's own text.
+    """
+    query = attn.to_q(hidden_states)
+    key = attn.to_k(hidden_states)
+    value = attn.to_v(hidden_states)
+
+    query = query.unflatten(2, (attn.heads, -1))
+    key = key.unflatten(2, (attn.heads, -1))
+    value = value.unflatten(2, (attn.heads, -1))
+
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+
+    encoder_query = attn.add_q_proj(encoder_hidden_states)
+    encoder_key = attn.add_k_proj(encoder_hidden_states)
+    encoder_value = attn.add_v_proj(encoder_hidden_states)
+
+    encoder_query = encoder_query.unflatten(2, (attn.heads, -1))
+    encoder_key = encoder_key.unflatten(2, (attn.heads, -1))
+    encoder_value = encoder_value.unflatten(2, (attn.heads, -1))
+
+    if attn.norm_added_q is not None:
+        encoder_query = attn.norm_added_q(encoder_query)
+    if attn.norm_added_k is not None:
+        encoder_key = attn.norm_added_k(encoder_key)
+
+    if image_rotary_emb is not None:
+        query = _apply_rotary_emb(query, *image_rotary_emb)
+        key = _apply_rotary_emb(key, *image_rotary_emb)
+
+    query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+    encoder_query, encoder_key, encoder_value = (
+        encoder_query.transpose(1, 2),
+        encoder_key.transpose(1, 2),
+        encoder_value.transpose(1, 2),
+    )
+
+    sequence_length = query.size(2)
+    encoder_sequence_length = encoder_query.size(2)
+    total_length = sequence_length + encoder_sequence_length
+
+    batch_size, heads, _, _ = query.shape
+
+    # ---- the only change: the attention call (per sample, as in the stock processor) ----
+    policy = proc.policy(attn)
+    timer = proc.start_timer(query.device)
+    sparsities, backend = [], None
+    attn_outputs = []
+    for idx in range(batch_size):
+        mask = attention_mask[idx][None, :]
+        valid_prompt_token_indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
+
+        valid_encoder_query = encoder_query[idx : idx + 1, :, valid_prompt_token_indices, :]
+        valid_encoder_key = encoder_key[idx : idx + 1, :, valid_prompt_token_indices, :]
+        valid_encoder_value = encoder_value[idx : idx + 1, :, valid_prompt_token_indices, :]
+
+        valid_query = torch.cat([query[idx : idx + 1], valid_encoder_query], dim=2)
+        valid_key = torch.cat([key[idx : idx + 1], valid_encoder_key], dim=2)
+        valid_value = torch.cat([value[idx : idx + 1], valid_encoder_value], dim=2)
+
+        if policy == "sparse":
+            valid_text = valid_query.size(2) - sequence_length
+            keep = proc.keep_ranges(sequence_length, sequence_length + proc.context.text_keep_len(valid_text))
+            attn_output, sparsity, backend = proc.sparse(valid_query, valid_key, valid_value, layout="BHSD",
+                                                         keep_ranges=keep, visual_offset=0)
+            sparsities.append(sparsity)
+        else:
+            attn_output = F.scaled_dot_product_attention(
+                valid_query, valid_key, valid_value, dropout_p=0.0, is_causal=False
+            )
+        valid_sequence_length = attn_output.size(2)
+        attn_output = F.pad(attn_output, (0, 0, 0, total_length - valid_sequence_length))
+        attn_outputs.append(attn_output)
+
+    hidden_states = torch.cat(attn_outputs, dim=0)
+    proc.record(attn, timer, policy=policy, sparsities=sparsities, backend=backend, batch=batch_size, heads=heads,
+                seq_len=total_length, text_len=encoder_sequence_length)
+    hidden_states = hidden_states.transpose(1, 2).flatten(2, 3)
+
+    hidden_states, encoder_hidden_states = hidden_states.split_with_sizes(
+        (sequence_length, encoder_sequence_length), dim=1
+    )
+
+    # linear proj
+    hidden_states = attn.to_out[0](hidden_states)
+    # dropout
+    hidden_states = attn.to_out[1](hidden_states)
+
+    if hasattr(attn, "to_add_out"):
+        encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+
+    return hidden_states, encoder_hidden_states
+
+
+class SpargeMochiAttnProcessor(SpargeProcessor):
+    """Sparge processor for ``MochiTransformer3DModel``, following ``MochiAttnProcessor2_0`` of diffusers 0.42.
+
+    Mochi's transformer has no ``set_attn_processor``: use `apply_sparge` (or set ``attn.processor`` yourself).
+    """
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None):
+        return mochi_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+
+
+class MochiFamily(Family):
+    """``MochiTransformer3DModel`` of diffusers 0.42."""
+
+    name = "mochi"
+    processor_class = SpargeMochiAttnProcessor
+
+    def transformer_class(self) -> type:
+        from diffusers import MochiTransformer3DModel
+
+        return MochiTransformer3DModel
+
+    def attention_class(self) -> type:
+        from diffusers.models.attention_processor import MochiAttention
+
+        return MochiAttention
+
+    def stock_processor_classes(self):
+        from diffusers.models.attention_processor import MochiAttnProcessor2_0
+
+        return (MochiAttnProcessor2_0,)
+
+    @staticmethod
+    def grid_of(transformer, hidden_states: torch.Tensor):
+        """Latent grid after patching of ``hidden_states: [B, C, F, H, W]``."""
+        _, _, frames, height, width = hidden_states.shape
+        p = transformer.config.patch_size
+        return (frames, height // p, width // p)
+
+    def on_forward(self, transformer, context: SpargeContext, bound: BoundArguments) -> None:
+        hidden_states = bound.get("hidden_states")
+        grid = self.grid_of(transformer, hidden_states)
+        num_visual = math.prod(grid)
+        grid = resolve_grid(self.name, grid, num_visual, context.geometry)
+        mask = bound.get("encoder_attention_mask")
+        text_len = None if mask is None else mask.shape[-1]
+        context.begin_forward(grid=grid, num_visual=num_visual, text_len=text_len, text_first=False,
+                              timestep=bound.get("timestep"))
+        perm = boundary_permutation(context, hidden_states.device)
+        context.current.permutation = perm
+        context.current.entry_permutation = perm
+
+    def install_boundary_hooks(self, transformer, context: SpargeContext) -> List[Any]:
+        def rope_hook(module, args, output):
+            perm = context.current.permutation
+            if perm is None:
+                return None
+            return tuple(perm.apply(r, dim=0) for r in output)
+
+        def first_block_hook(module, args, kwargs):
+            perm = context.current.entry_permutation
+            if perm is None:
+                return None
+            bound = BoundArguments(module, args, kwargs)
+            bound.set("hidden_states", perm.apply(bound.get("hidden_states"), dim=1))
+            return bound.result()
+
+        return [
+            transformer.rope.register_forward_hook(rope_hook),
+            transformer.transformer_blocks[0].register_forward_pre_hook(first_block_hook, with_kwargs=True),
+            transformer.proj_out.register_forward_hook(revert_output_hook(context)),
+        ]
+
+
+class SpargeMochiPipeline(SpargePipelineMixin, MochiPipeline):
+    """``MochiPipeline`` (diffusers 0.42) with Sparge attention.
+
+    ``SpargeMochiPipeline.from_pretrained(local_path, sparge_config=SpargeConfig(...), torch_dtype=...)``; the call
+    is the stock one; ``pipe.sparge_stats`` holds the per-layer, per-step statistics of the last call.
+    """
+
+
+__all__ = ["MochiFamily", "SpargeMochiAttnProcessor", "SpargeMochiPipeline", "mochi_attention"]

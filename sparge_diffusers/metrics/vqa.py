@@ -1,0 +1,110 @@
+"""VQA score: text alignment as the probability that a visual question answering model answers "yes".
+
+After VQAScore (Lin et al., "Evaluating Text-to-Visual Generation with Image-to-Text Generation", 2024): the prompt
+becomes a question (`DEFAULT_QUESTION`), and the score of an image is P("yes" | image, question) under a local
+generative VQA model (transformers ``BlipForQuestionAnswering``); a video scores the mean over up to ``max_frames``
+evenly spaced frames. Scores lie in [0, 1].
+
+The probability is computed by teacher forcing: the answer's tokens are fed to the answer decoder after its start
+token and their conditional probabilities multiplied, so multi-token answers are scored exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from ..errors import MissingWeightsError
+from .clip_score import _first_line, _quiet_transformers
+from .weights import VQA_ENV, VQA_FLAG, read_architectures, resolve_model_dir
+
+DEFAULT_QUESTION = 'Does this figure show "{prompt}"? Please answer yes or no.'
+SUPPORTED_ARCHITECTURES = ("BlipForQuestionAnswering",)
+
+
+def vqa_question(prompt: str, template: str = DEFAULT_QUESTION) -> str:
+    """The yes/no question asked about an image generated from ``prompt``."""
+    return template.format(prompt=prompt.strip().rstrip("."))
+
+
+class LocalVqa:
+    """A local BLIP VQA model and its processor, scoring P(answer | image, question)."""
+
+    def __init__(self, model: torch.nn.Module, processor, *, path: str = "") -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.path = path
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def answer_probability(self, frames: np.ndarray, question: str, answer: str = "yes") -> torch.Tensor:
+        """P(``answer``) per frame, fp32 ``[T]``, for uint8 frames ``[T, H, W, 3]``."""
+        model = self.model
+        images = [torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1) for frame in frames]
+        inputs = self.processor(images=images, text=[question] * len(images), return_tensors="pt", padding=True)
+        pixel_values = inputs["pixel_values"].to(self.device, dtype=next(model.parameters()).dtype)
+        input_ids = inputs["input_ids"].to(self.device)
+        attention_mask = inputs.get("attention_mask")
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
+
+        image_embeds = model.vision_model(pixel_values=pixel_values).last_hidden_state
+        image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device)
+        question_embeds = model.text_encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                             encoder_hidden_states=image_embeds,
+                                             encoder_attention_mask=image_mask).last_hidden_state
+        answer_ids = self.processor.tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        answer_ids = answer_ids.to(self.device).expand(len(images), -1)
+        start = torch.full((len(images), 1), model.decoder_start_token_id, dtype=torch.long, device=self.device)
+        decoder_ids = torch.cat([start, answer_ids], dim=1)
+        logits = model.text_decoder(input_ids=decoder_ids, encoder_hidden_states=question_embeds,
+                                    encoder_attention_mask=attention_mask).logits.float()
+        log_probs = logits[:, :-1].log_softmax(dim=-1)  # position i predicts token i + 1
+        token_log_probs = log_probs.gather(-1, answer_ids.unsqueeze(-1)).squeeze(-1)  # [T, answer tokens]
+        return token_log_probs.sum(dim=-1).exp()
+
+
+def load_vqa(path: Optional[Union[str, os.PathLike]] = None, *, device: Union[str, torch.device] = "cpu") -> LocalVqa:
+    """Load a local BLIP VQA folder (``path``, else ``$SPARGE_VQA_MODEL``) saved with ``save_pretrained``.
+
+    Raises:
+        MissingWeightsError: no folder given, not a supported VQA model, or it cannot be loaded (one line).
+    """
+    folder = resolve_model_dir(path, env=VQA_ENV, flag=VQA_FLAG, what="VQA score")
+    architectures = read_architectures(folder)
+    if not any(name in SUPPORTED_ARCHITECTURES for name in architectures):
+        found = architectures[0] if architectures else "no architecture"
+        raise MissingWeightsError(f"VQA score: {str(folder)!r} holds {found}; supported: "
+                                  f"{', '.join(SUPPORTED_ARCHITECTURES)}; pass {VQA_FLAG} PATH or set {VQA_ENV}")
+    from transformers import BlipForQuestionAnswering, BlipProcessor
+
+    try:
+        with warnings.catch_warnings(), _quiet_transformers():
+            warnings.simplefilter("ignore")
+            model = BlipForQuestionAnswering.from_pretrained(folder)
+            processor = BlipProcessor.from_pretrained(folder)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise MissingWeightsError(f"VQA score: cannot load a BLIP VQA model and processor from {str(folder)!r} "
+                                  f"({_first_line(error)}); pass {VQA_FLAG} PATH or set {VQA_ENV}") from None
+    return LocalVqa(model.to(device), processor, path=str(folder))
+
+
+def sample_frames(frames: np.ndarray, max_frames: int) -> np.ndarray:
+    """Up to ``max_frames`` evenly spaced frames (first and last included)."""
+    if max_frames <= 0 or len(frames) <= max_frames:
+        return frames
+    index = np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
+    return frames[index]
+
+
+def vqa_score(frames: np.ndarray, prompt: str, vqa: LocalVqa, *, max_frames: int = 8,
+              template: str = DEFAULT_QUESTION, answer: str = "yes") -> float:
+    """Mean P("yes") over up to ``max_frames`` frames for the question built from ``prompt``; in [0, 1]."""
+    chosen = sample_frames(frames, max_frames)
+    return float(vqa.answer_probability(chosen, vqa_question(prompt, template), answer).mean())

@@ -1,0 +1,611 @@
+"""`sparge-diffusers sweep`: quality versus speed over prompts × seeds × a grid of sparse attention configs.
+
+For every prompt and seed the dense render is made once, then every sparse config of the grid (the product of the
+``--topk`` / ``--cdf-threshold`` values, ``--sim-threshold``, ``--pv-threshold``, ``--dense-steps``, ``--reorder`` and
+``--precision`` lists). Each render is one CSV row: wall time, speed-up over the dense render, measured sparsity,
+fidelity to the dense render (PSNR, SSIM, LPIPS where available) and alignment to the prompt (CLIPScore, CLIP-T, VQA
+score, for the metric models given). The out folder then holds:
+
+    results.csv             one row per render (rewritten atomically after every row)
+    quality_vs_speed.png    each quality metric against the speed-up, one point per config (mean over prompts)
+    report.md               the settings, a per-config table and the plot
+    sweep.json              the model and call settings; a rerun with other settings is refused
+    dense/*.npz             the dense frames, so a resumed sweep can score sparse rows without re-rendering
+
+Resuming: rerun the same command; rows already in the CSV are skipped (new grid values or prompts are added).
+
+Several GPUs: launch with ``torchrun --nproc-per-node N`` or ``accelerate launch``; each rank (``RANK`` /
+``WORLD_SIZE`` / ``LOCAL_RANK``) renders its share of the (prompt, seed) pairs on ``cuda:LOCAL_RANK`` into
+``shards/results.rank<r>-of-<n>.csv``, and rank 0 waits for the other ranks' done-markers, merges the shards into
+``results.csv`` and writes the plot and report. ``--merge-only`` redoes that merge (e.g. after a rank failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .config import PRECISIONS, REORDERS, SpargeConfig
+from .errors import UsageError
+from .evaluate import METRICS, Evaluator, add_metric_arguments, parse_metrics
+from .media import atomic_path, check_writable_dir, write_json, write_media, write_text
+
+logger = logging.getLogger(__name__)
+
+RESULTS = "results.csv"
+PLOT = "quality_vs_speed.png"
+REPORT = "report.md"
+META = "sweep.json"
+DENSE_LABEL = "dense"
+CONFIG_COLUMNS = ("topk", "cdf_threshold", "sim_threshold", "pv_threshold", "dense_steps", "reorder", "precision")
+COLUMNS = (("prompt", "seed", "config", "mode") + CONFIG_COLUMNS
+           + ("seconds", "dense_seconds", "speedup", "sparsity", "attention_ms", "backend")
+           + METRICS + ("frames", "height", "width", "media", "rank", "finished_at"))
+METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS", "clip_score": "CLIPScore",
+                 "clip_t": "CLIP-T", "vqa": "VQA score"}
+PSNR_PLOT_CAP = 60.0  # identical renders have infinite PSNR; they are drawn at this height
+
+
+# ----------------------------------------------------------------------------------------------- grid
+
+
+def config_label(config: SpargeConfig) -> str:
+    """Short, stable name of a sparse config (the CSV key with prompt and seed)."""
+    selection = f"topk={config.topk:g}" if config.topk is not None else f"tau={config.cdf_threshold:g}"
+    sim = "off" if config.sim_threshold is None else f"{config.sim_threshold:g}"
+    pv = "off" if config.pv_threshold is None else f"{config.pv_threshold:g}"
+    return f"{selection} sim={sim} pv={pv} dense_steps={config.dense_steps} {config.reorder} {config.precision}"
+
+
+def expand_grid(topk: Sequence[float] = (), cdf_threshold: Sequence[float] = (),
+                sim_threshold: Sequence[Optional[float]] = (SpargeConfig.sim_threshold,),
+                pv_threshold: Sequence[Optional[float]] = (None,), dense_steps: Sequence[int] = (0,),
+                reorder: Sequence[str] = ("hilbert",), precision: Sequence[str] = ("int8-fp8",)) -> List[SpargeConfig]:
+    """Every `SpargeConfig` of the grid (top-k values first, then τ values), duplicates removed.
+
+    Raises:
+        UsageError: a value SpargeConfig rejects (its message), or an empty grid.
+    """
+    selections = [("topk", v) for v in topk] + [("cdf", v) for v in cdf_threshold]
+    if not selections:
+        raise UsageError("the grid is empty: give --topk and/or --cdf-threshold values")
+    configs: Dict[str, SpargeConfig] = {}
+    for (kind, value), sim, pv, steps, order, prec in itertools.product(
+            selections, sim_threshold, pv_threshold, dense_steps, reorder, precision):
+        try:
+            config = SpargeConfig(topk=value if kind == "topk" else None,
+                                  cdf_threshold=value if kind == "cdf" else None, sim_threshold=sim,
+                                  pv_threshold=pv, dense_steps=steps, reorder=order, precision=prec)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        configs.setdefault(config_label(config), config)
+    return list(configs.values())
+
+
+def rank_info(env: Optional[dict] = None) -> Tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun / accelerate environment variables (``(0, 1, 0)`` alone)."""
+    env = os.environ if env is None else env
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+        local = int(env.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise UsageError("RANK / WORLD_SIZE / LOCAL_RANK must be integers") from None
+    if world < 1 or not 0 <= rank < world:
+        raise UsageError(f"bad distributed environment: RANK={rank} WORLD_SIZE={world}")
+    return rank, world, local
+
+
+def split_work(items: Sequence, rank: int, world: int) -> list:
+    """Round-robin share of ``items`` for ``rank`` of ``world``."""
+    return [item for index, item in enumerate(items) if index % world == rank]
+
+
+# ----------------------------------------------------------------------------------------------- CSV
+
+
+def row_key(row: dict) -> Tuple[str, str, str]:
+    return (str(row["prompt"]), str(row["seed"]), str(row["config"]))
+
+
+def read_rows(path: Path) -> List[dict]:
+    """Rows of a results CSV (missing file → ``[]``; rows without a key are ignored)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [row for row in csv.DictReader(handle) if row.get("prompt") and row.get("config")]
+
+
+def write_rows(path: Path, rows: Iterable[dict]) -> None:
+    """Write rows atomically (the file is replaced only when complete)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k)) for k in COLUMNS})
+    write_text(path, buffer.getvalue())
+
+
+def _cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else ("" if math.isnan(value) else f"{value:.6g}")
+    return value
+
+
+def _number(value) -> Optional[float]:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def merge_rows(*groups: Iterable[dict]) -> List[dict]:
+    """Union of row groups, one row per key (the later group wins), dense rows first within a prompt."""
+    merged: Dict[Tuple[str, str, str], dict] = {}
+    for group in groups:
+        for row in group:
+            merged[row_key(row)] = row
+    return sorted(merged.values(), key=lambda r: (r["prompt"], str(r["seed"]), r["config"] != DENSE_LABEL,
+                                                  r["config"]))
+
+
+# ----------------------------------------------------------------------------------------------- sweep
+
+
+@dataclass
+class SweepPaths:
+    root: Path
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def results(self) -> Path:
+        return self.root / RESULTS
+
+    @property
+    def shard(self) -> Path:
+        if self.world == 1:
+            return self.results
+        return self.root / "shards" / f"results.rank{self.rank}-of-{self.world}.csv"
+
+    def marker(self, rank: int) -> Path:
+        return self.root / "shards" / f"rank{rank}-of-{self.world}.done"
+
+    def dense_frames(self, prompt: str, seed: int) -> Path:
+        digest = hashlib.sha256(f"{prompt}\x00{seed}".encode("utf-8")).hexdigest()[:16]
+        return self.root / "dense" / f"{digest}.npz"
+
+    def media(self, prompt: str, seed: int, label: str) -> Path:
+        from .generate import slugify
+
+        return self.root / "media" / f"{slugify(prompt, 40)}-seed{seed}-{slugify(label, 80)}.mp4"
+
+
+def _save_frames(path: Path, frames: np.ndarray) -> None:
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez_compressed(handle, frames=frames)
+
+
+def _load_frames(path: Path) -> Optional[np.ndarray]:
+    try:
+        with np.load(path) as data:
+            return data["frames"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _render_row(prompt: str, seed: int, label: str, config: Optional[SpargeConfig], render, evaluator: Evaluator,
+                dense_frames: Optional[np.ndarray], dense_seconds: Optional[float], rank: int) -> dict:
+    row = {"prompt": prompt, "seed": seed, "config": label, "mode": "dense" if config is None else "sparse",
+           "seconds": render.seconds, "frames": render.frames.shape[0], "height": render.frames.shape[1],
+           "width": render.frames.shape[2], "rank": rank,
+           "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if config is not None:
+        row.update({name: getattr(config, name) for name in CONFIG_COLUMNS})
+        row.update({"sparsity": render.sparsity, "attention_ms": render.attention_ms,
+                    "backend": "+".join(sorted(render.backends))})
+    if dense_seconds is not None:
+        row["dense_seconds"] = dense_seconds
+        row["speedup"] = dense_seconds / render.seconds if render.seconds > 0 else None
+    if dense_frames is not None and config is not None:
+        row.update(evaluator.fidelity(render.frames, dense_frames))
+    row.update(evaluator.alignment(render.frames, prompt))
+    return row
+
+
+def run_sweep(prompts: Sequence[str], configs: Sequence[SpargeConfig], out_dir, *, seeds: Sequence[int] = (0,),
+              model: str = "tiny", settings=None, device: str = "cpu", dtype=None,
+              evaluator: Optional[Evaluator] = None,
+              warmup: bool = True, save_media: bool = False, progress: bool = True, env: Optional[dict] = None,
+              merge_timeout: float = 3600.0) -> dict:
+    """Run (or resume) a sweep; returns ``{"rendered", "skipped", "results", "plot", "report"}`` (paths None on
+    ranks other than 0). See the module docstring for the files written."""
+    import torch
+
+    from .generate import RenderSettings, load_model, render
+
+    settings = settings or RenderSettings()
+    dtype = dtype or torch.float32
+    evaluator = evaluator or Evaluator()
+    rank, world, local_rank = rank_info(env)
+    if world > 1 and str(device) == "cuda":
+        device = f"cuda:{local_rank}"
+    paths = SweepPaths(Path(out_dir), rank, world)
+    check_writable_dir(paths.root)
+    _check_meta(paths.root / META, sweep_meta(model, settings, dtype), write=True)
+
+    own = read_rows(paths.shard)  # the results CSV itself when there is one rank
+    done = {row_key(r): r for r in merge_rows(read_rows(paths.results), own)}
+    pairs = split_work([(p, s) for p in prompts for s in seeds], rank, world)
+    labels = [DENSE_LABEL] + [config_label(c) for c in configs]
+    todo = [(p, s, lab) for p, s in pairs for lab in labels if (p, str(s), lab) not in done]
+    skipped = len(pairs) * len(labels) - len(todo)
+    if world > 1:
+        paths.marker(rank).unlink(missing_ok=True)
+    shard_rows = merge_rows(own)
+    rendered = 0
+    if todo:
+        loaded = load_model(model, device=device, dtype=dtype)
+        settings.validate(loaded)
+        bar = _progress_bar(len(todo), progress, f"sweep rank {rank}" if world > 1 else "sweep")
+        by_pair: Dict[Tuple[str, int], List[str]] = {}
+        for p, s, lab in todo:
+            by_pair.setdefault((p, s), []).append(lab)
+        config_of = {config_label(c): c for c in configs}
+        for (prompt, seed), pair_labels in by_pair.items():
+            run_settings = RenderSettings(**{**settings.to_dict(), "seed": seed})
+            dense_row = done.get((prompt, str(seed), DENSE_LABEL))
+            dense_path = paths.dense_frames(prompt, seed)
+            dense_frames = _load_frames(dense_path) if dense_path.is_file() else None
+            dense_seconds = _number(dense_row["seconds"]) if dense_row else None
+            if DENSE_LABEL in pair_labels or dense_frames is None:
+                bar.set_description(f"{prompt[:24]} dense")
+                result = render(loaded, prompt, run_settings, None, warmup=warmup)
+                dense_frames, dense_seconds = result.frames, result.seconds
+                _save_frames(dense_path, dense_frames)
+                if DENSE_LABEL in pair_labels:
+                    row = _render_row(prompt, seed, DENSE_LABEL, None, result, evaluator, None, None, rank)
+                    if save_media:
+                        row["media"] = str(write_media(paths.media(prompt, seed, DENSE_LABEL), result.frames)["path"])
+                    shard_rows = merge_rows(shard_rows, [row])
+                    write_rows(paths.shard, shard_rows)
+                    rendered += 1
+                    bar.update(1)
+            for label in pair_labels:
+                if label == DENSE_LABEL:
+                    continue
+                bar.set_description(f"{prompt[:24]} {label.split()[0]}")
+                result = render(loaded, prompt, run_settings, config_of[label], warmup=warmup)
+                row = _render_row(prompt, seed, label, config_of[label], result, evaluator, dense_frames,
+                                  dense_seconds, rank)
+                if save_media:
+                    row["media"] = str(write_media(paths.media(prompt, seed, label), result.frames)["path"])
+                shard_rows = merge_rows(shard_rows, [row])
+                write_rows(paths.shard, shard_rows)
+                rendered += 1
+                bar.update(1)
+        bar.close()
+    out = {"rendered": rendered, "skipped": skipped, "results": None, "plot": None, "report": None}
+    if world > 1:
+        write_text(paths.marker(rank), datetime.now(timezone.utc).isoformat() + "\n")
+        if rank != 0:
+            return out
+        _wait_for_markers(paths, merge_timeout)
+    out.update(finish(paths.root, evaluator_notes=evaluator.notes))
+    return out
+
+
+def sweep_meta(model: str, settings, dtype) -> dict:
+    """What must not change between the runs that fill one out folder."""
+    return {"model": model, "settings": settings.to_dict(), "dtype": str(dtype).replace("torch.", "")}
+
+
+def _check_meta(path: Path, meta: dict, *, write: bool) -> None:
+    """Refuse an out folder that holds a sweep with other settings; write ``sweep.json`` when asked."""
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous is not None and previous != meta:
+            raise UsageError(f"{path.parent} holds a sweep with other settings ({_diff(previous, meta)}); use another "
+                             "--out-dir or --overwrite")
+        return
+    if write:
+        write_json(path, meta)
+
+
+def _diff(old: dict, new: dict) -> str:
+    flat_old = {**old.get("settings", {}), **{k: v for k, v in old.items() if k != "settings"}}
+    flat_new = {**new.get("settings", {}), **{k: v for k, v in new.items() if k != "settings"}}
+    changed = [f"{k}: {flat_old.get(k)} -> {flat_new.get(k)}" for k in flat_new if flat_old.get(k) != flat_new.get(k)]
+    return ", ".join(changed) or "unreadable"
+
+
+def _wait_for_markers(paths: SweepPaths, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    missing = [r for r in range(paths.world) if not paths.marker(r).is_file()]
+    while missing and time.monotonic() < deadline:
+        time.sleep(2.0)
+        missing = [r for r in missing if not paths.marker(r).is_file()]
+    if missing:
+        logger.warning("ranks %s did not finish within %.0f s; merging what is there (rerun with --merge-only later)",
+                       missing, timeout)
+
+
+def _progress_bar(total: int, enabled: bool, description: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=description, unit="render", dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------------------------- merge, plot, report
+
+
+def finish(root, *, evaluator_notes: Sequence[str] = ()) -> dict:
+    """Merge shards into ``results.csv``, then draw the plot and write the report; returns their paths."""
+    root = Path(root)
+    shards = sorted((root / "shards").glob("results.rank*-of-*.csv")) if (root / "shards").is_dir() else []
+    rows = merge_rows(read_rows(root / RESULTS), *[read_rows(shard) for shard in shards])
+    if not rows:
+        raise UsageError(f"{root} holds no sweep results to report")
+    write_rows(root / RESULTS, rows)
+    summary = summarize(rows)
+    notes = list(evaluator_notes)
+    plot = None
+    try:
+        plot = plot_quality_vs_speed(summary, root / PLOT)
+    except ImportError:
+        notes.append("plot skipped: matplotlib is not installed (pip install 'sparge-diffusers[metrics]')")
+    meta = {}
+    if (root / META).is_file():
+        try:
+            meta = json.loads((root / META).read_text())
+        except (OSError, ValueError):
+            meta = {}
+    report = write_report(root / REPORT, summary, rows, meta, plot, notes)
+    return {"results": root / RESULTS, "plot": plot, "report": report}
+
+
+def summarize(rows: Sequence[dict]) -> List[dict]:
+    """Per-config means over prompts and seeds: the config label, ``n``, seconds, speed-up, sparsity and metrics."""
+    groups: Dict[str, List[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["config"], []).append(row)
+    summary = []
+    for label, members in groups.items():
+        entry = {"config": label, "n": len(members), "mode": members[0].get("mode", "")}
+        for column in ("seconds", "speedup", "sparsity") + METRICS:
+            values = [_number(r.get(column)) for r in members]
+            values = [v for v in values if v is not None]
+            if column == "speedup" and label == DENSE_LABEL:
+                values = [1.0]
+            # identical renders have PSNR inf: the mean is over the finite values, inf when all are inf
+            entry[column] = (math.inf if values and all(math.isinf(v) for v in values)
+                             else float(np.mean([v for v in values if not math.isinf(v)])) if values else None)
+        summary.append(entry)
+    summary.sort(key=lambda e: (e["config"] != DENSE_LABEL, e["config"]))
+    return summary
+
+
+def _present_metrics(summary: Sequence[dict]) -> List[str]:
+    return [m for m in METRICS if any(e.get(m) is not None for e in summary)]
+
+
+def plot_quality_vs_speed(summary: Sequence[dict], path: Path) -> Path:
+    """One panel per quality metric: metric (mean over prompts) against speed-up, one labelled point per config."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    metrics = _present_metrics(summary) or ["sparsity"]
+    columns = min(3, len(metrics))
+    rows = math.ceil(len(metrics) / columns)
+    figure = Figure(figsize=(5.2 * columns, 4.2 * rows), dpi=110)
+    FigureCanvasAgg(figure)
+    for index, metric in enumerate(metrics):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        points = [e for e in summary if e.get(metric) is not None and e.get("speedup") is not None]
+        for number, entry in enumerate(points):
+            value = entry[metric]
+            capped = metric == "psnr" and math.isinf(value)
+            y = PSNR_PLOT_CAP if capped else value
+            dense = entry["config"] == DENSE_LABEL
+            axes.scatter([entry["speedup"]], [y], marker="*" if dense else "o", s=120 if dense else 40,
+                         color="black" if dense else f"C{number % 10}", zorder=3)
+            text = DENSE_LABEL if dense else _short(entry["config"])
+            if entry.get("sparsity") is not None and not dense:
+                text += f" (s={entry['sparsity']:.2f})"
+            axes.annotate(text + (" [inf]" if capped else ""), (entry["speedup"], y), fontsize=7,
+                          xytext=(4, 4), textcoords="offset points")
+        axes.axvline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        axes.margins(x=0.25, y=0.15)
+        axes.set_xlabel("speed-up over dense (×)")
+        axes.set_ylabel(METRIC_LABELS.get(metric, metric))
+        axes.grid(True, alpha=0.3)
+    figure.suptitle("sparge-diffusers: quality versus speed (mean over prompts and seeds)")
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png")
+    return path
+
+
+def _short(label: str) -> str:
+    """The parts of a config label that differ from the defaults, for plot annotations."""
+    defaults = {"sim=0.6", "pv=off", "dense_steps=0", "hilbert", "int8-fp8"}
+    return " ".join(part for part in label.split() if part not in defaults)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and math.isinf(value):
+        return "∞"
+    return f"{value:.{digits}f}"
+
+
+def write_report(path: Path, summary: Sequence[dict], rows: Sequence[dict], meta: dict, plot: Optional[Path],
+                 notes: Sequence[str]) -> Path:
+    metrics = [m for m in _present_metrics(summary)]
+    prompts = sorted({r["prompt"] for r in rows})
+    seeds = sorted({str(r["seed"]) for r in rows})
+    backends = sorted({b for r in rows for b in str(r.get("backend") or "").split("+") if b})
+    lines = ["# sparge-diffusers sweep: quality versus speed", ""]
+    settings = meta.get("settings", {})
+    from .generate import EMBEDDED_MODELS, TINY_STEPS
+
+    model = meta.get("model", "?")
+    steps = settings.get("steps") or (f"{TINY_STEPS} (tiny default)" if model in EMBEDDED_MODELS else "pipeline default")
+    first = rows[0]
+    lines.append(f"- model: `{model}`, dtype {meta.get('dtype', '?')}; {steps} steps; rendered "
+                 f"{first.get('frames')} frame(s) of {first.get('height')}×{first.get('width')}")
+    lines.append(f"- {len(prompts)} prompt(s) × {len(seeds)} seed(s) ({', '.join(seeds)}), "
+                 f"{len(summary) - 1} sparse config(s), {len(rows)} render(s); attention backends: "
+                 f"{', '.join(backends) or 'dense only'}")
+    written = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    lines.append(f"- written {written}; rows: [`{RESULTS}`]({RESULTS})")
+    if "reference" in backends:
+        lines.append("- timings used the pure-PyTorch reference backend (no GPU / Triton): speed-ups here measure "
+                     "the reference, not the kernels")
+    lines.append("")
+    if plot is not None:
+        lines += [f"![quality versus speed]({Path(plot).name})", ""]
+    lines.append("## Per config (mean over prompts and seeds)")
+    lines.append("")
+    header = ["config", "n", "sparsity", "time (s)", "speed-up"] + [METRIC_LABELS[m] for m in metrics]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    for entry in summary:
+        cells = [f"`{entry['config']}`", str(entry["n"]), _fmt(entry.get("sparsity")), _fmt(entry.get("seconds"), 2),
+                 _fmt(entry.get("speedup"), 2)]
+        cells += [_fmt(entry.get(m), 2 if m == "psnr" else 4) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Fidelity (PSNR, SSIM, LPIPS) compares each sparse render with the dense render of the same prompt "
+                 "and seed; alignment (CLIPScore, CLIP-T, VQA score) scores each render against its prompt.")
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
+    lines += ["", "## Prompts", ""] + [f"- {prompt}" for prompt in prompts]
+    return write_text(path, "\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def add_parser(subparsers) -> None:
+    from .generate import _optional_float, add_model_arguments
+
+    parser = subparsers.add_parser(
+        "sweep", help="quality versus speed over prompts × a grid of sparse configs (CSV, PNG plot, report)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prompts", nargs="*", metavar="PROMPT", help="text prompt(s)")
+    parser.add_argument("--prompts-file", default=None, metavar="FILE",
+                        help="more prompts, one per line (blank lines and # comments ignored)")
+    parser.add_argument("--out-dir", default="outputs/sweep", metavar="DIR", help="default: outputs/sweep")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="SEED")
+    grid = parser.add_argument_group("grid (the product of all lists)")
+    grid.add_argument("--topk", type=float, nargs="*", default=None, metavar="K",
+                      help="top-k fractions (default: 0.7 0.5 0.3 unless --cdf-threshold is given)")
+    grid.add_argument("--cdf-threshold", type=float, nargs="*", default=[], metavar="TAU", help="τ values (TopCdf)")
+    grid.add_argument("--sim-threshold", type=_optional_float, nargs="+", default=["auto"], metavar="THETA",
+                      help=f"θ values, 'none' or 'auto' (default: {SpargeConfig.sim_threshold}, none for the "
+                           "embedded tiny models)")
+    grid.add_argument("--pv-threshold", type=_optional_float, nargs="+", default=[None], metavar="LAMBDA",
+                      help="λ values (<= 0) or 'none' (default: none)")
+    grid.add_argument("--dense-steps", type=int, nargs="+", default=[0], metavar="N")
+    grid.add_argument("--reorder", nargs="+", choices=REORDERS, default=["hilbert"])
+    grid.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["int8-fp8"])
+    add_model_arguments(parser)
+    add_metric_arguments(parser)
+    run_group = parser.add_argument_group("run")
+    run_group.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                           help="untimed warm-up call before every timed render (default: on)")
+    run_group.add_argument("--save-media", action="store_true", help="also write every render as mp4 under media/")
+    run_group.add_argument("--overwrite", action="store_true", help="discard the results already in --out-dir")
+    run_group.add_argument("--merge-only", action="store_true",
+                           help="only merge rank shards and rewrite the plot and report")
+    run_group.add_argument("--merge-timeout", type=float, default=3600.0, metavar="S",
+                           help="how long rank 0 waits for the other ranks (default: 3600)")
+    parser.set_defaults(run=run)
+
+
+def read_prompts(args: argparse.Namespace) -> List[str]:
+    prompts = [p for p in args.prompts]
+    if args.prompts_file:
+        try:
+            text = Path(args.prompts_file).read_text(encoding="utf-8")
+        except OSError as error:
+            raise UsageError(f"cannot read --prompts-file {args.prompts_file!r}: {error.strerror}") from None
+        prompts += [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    prompts = list(dict.fromkeys(p.strip() for p in prompts if p.strip()))
+    if not prompts:
+        raise UsageError("no prompts: give PROMPT arguments or --prompts-file")
+    return prompts
+
+
+def _clear(root: Path) -> None:
+    for name in (RESULTS, PLOT, REPORT, META):
+        (root / name).unlink(missing_ok=True)
+    for folder in ("shards", "dense", "media"):
+        if (root / folder).is_dir():
+            for child in (root / folder).iterdir():
+                if child.is_file():
+                    child.unlink()
+
+
+def run(args: argparse.Namespace) -> int:
+    from .generate import _model_is_video, device_and_dtype, quiet_libraries, resolve_sim_threshold, settings_from_args
+
+    root = check_writable_dir(args.out_dir)
+    if args.merge_only:
+        out = finish(root)
+        print(f"merged {out['results']}; report {out['report']}; plot {out['plot']}")
+        return 0
+    prompts = read_prompts(args)
+    quiet_libraries(getattr(args, "verbose", False))
+    topk = args.topk if args.topk is not None else ([] if args.cdf_threshold else [0.7, 0.5, 0.3])
+    sim_thresholds = list(dict.fromkeys(resolve_sim_threshold(v, args.model) for v in args.sim_threshold))
+    configs = expand_grid(topk, args.cdf_threshold, sim_thresholds, args.pv_threshold, args.dense_steps,
+                          args.reorder, args.precision)
+    if any(s < 0 for s in args.dense_steps):
+        raise UsageError("--dense-steps values must be >= 0")
+    settings = settings_from_args(args)
+    device, dtype = device_and_dtype(args)
+    _model_is_video(args.model)  # validates --model before anything is loaded
+    rank, world, _ = rank_info()
+    if args.overwrite and world > 1:
+        raise UsageError("--overwrite does not work with several ranks: empty --out-dir before the launch")
+    if not args.overwrite:
+        _check_meta(root / META, sweep_meta(args.model, settings, dtype), write=False)
+    evaluator = Evaluator.create(parse_metrics(args.metrics), clip_model=args.clip_model, vqa_model=args.vqa_model,
+                                 device=device, vqa_frames=args.vqa_frames)
+    if args.overwrite and root.is_dir():
+        _clear(root)
+    for note in evaluator.notes:
+        if rank == 0:
+            print(note)
+    out = run_sweep(prompts, configs, root, seeds=args.seeds, model=args.model, settings=settings, device=device,
+                    dtype=dtype, evaluator=evaluator, warmup=args.warmup, save_media=args.save_media,
+                    progress=not args.no_progress, merge_timeout=args.merge_timeout)
+    where = f"rank {rank}/{world}: " if world > 1 else ""
+    print(f"{where}{out['rendered']} render(s), {out['skipped']} already done")
+    if out["report"] is not None:
+        print(f"results {out['results']}\nplot    {out['plot']}\nreport  {out['report']}")
+    return 0

@@ -1,0 +1,126 @@
+"""`sparge-diffusers generate` on the embedded tiny pipelines and on a local folder; bad inputs fail in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sparge_diffusers.generate import EMBEDDED_MODELS, detect_family, slugify
+from sparge_diffusers.media import read_media
+
+
+def test_generate_default_model_writes_video_and_sidecar(cli, fast, tmp_path, list_files):
+    code, out, err = cli("generate", "a red ball rolling", "-o", tmp_path, *fast)
+    assert code == 0, err
+    assert list_files(tmp_path) == ["a-red-ball-rolling-seed0.mp4", "a-red-ball-rolling-seed0.mp4.json"]
+    sidecar = json.loads((tmp_path / "a-red-ball-rolling-seed0.mp4.json").read_text())
+    assert sidecar["prompt"] == "a red ball rolling"
+    assert sidecar["model"] == {"source": "embedded:tiny-cogvideox", "family": "cogvideox", "embedded": True}
+    assert sidecar["sparge"]["topk"] == 0.5 and sidecar["sparge"]["sim_threshold"] is None  # auto: off on tiny
+    assert sidecar["settings"]["call"]["num_inference_steps"] == 1
+    assert sidecar["timings"]["render_s"] > 0 and len(sidecar["timings"]["step_s"]) == 1
+    assert 0.0 < sidecar["sparsity"]["mean"] < 1.0
+    assert set(sidecar["sparsity"]["by_step"]) == {"0"}
+    frames = read_media(tmp_path / "a-red-ball-rolling-seed0.mp4")
+    assert frames.shape[1:] == (64, 64, 3) and frames.shape[0] == sidecar["media"]["frames"]
+    assert "sparsity" in out
+
+
+def test_compare_dense_gif_and_knobs(cli, fast, tmp_path, list_files):
+    target = tmp_path / "clip.gif"
+    code, out, err = cli("generate", "a blue cube", "-o", target, "--compare-dense", "--no-warmup", "--topk", "0.3",
+                         "--pv-threshold", "-20", "--precision", "int8-fp16", "--reorder", "none", "--seed", "3", *fast)
+    assert code == 0, err
+    assert list_files(tmp_path) == ["clip-dense.gif", "clip.gif", "clip.gif.json"]
+    sidecar = json.loads((tmp_path / "clip.gif.json").read_text())
+    assert sidecar["sparge"]["precision"] == "int8-fp16" and sidecar["sparge"]["pv_threshold"] == -20
+    dense = sidecar["dense"]
+    assert dense["speedup"] > 0 and 0.0 < dense["ssim"] <= 1.0
+    assert dense["psnr"] is None or dense["psnr"] > 10.0  # None: identical renders (inf PSNR)
+    assert "speed-up" in out and "PSNR" in out
+
+
+def test_dense_only_two_prompts_png(cli, fast, tmp_path, list_files):
+    code, _, err = cli("generate", "one", "two", "-o", tmp_path, "--format", "png", "--dense", *fast)
+    assert code == 0, err
+    names = list_files(tmp_path)
+    assert names == ["one-seed0.png", "one-seed0.png.json", "two-seed0.png", "two-seed0.png.json"]
+    sidecar = json.loads((tmp_path / "one-seed0.png.json").read_text())
+    assert sidecar["sparge"] is None and sidecar["sparsity"] is None
+    assert read_media(tmp_path / "one-seed0.png").shape[0] == sidecar["media"]["frames"]  # contact sheet split
+
+
+def test_local_folder_and_flux(cli, tmp_path, list_files):
+    from sparge_diffusers.pipelines.tiny import tiny_pipeline
+
+    pipe, _ = tiny_pipeline("flux")
+    folder = tmp_path / "tiny-flux-folder"
+    pipe.save_pretrained(folder)  # no text encoder: the family comes from model_index.json
+    assert detect_family(folder) == "flux"
+    out_dir = tmp_path / "out"
+    code, out, err = cli("generate", "a cat", "--model", folder, "-o", out_dir, "--steps", "1", "--height", "32",
+                         "--width", "48", "--no-progress")
+    assert code == 0, err
+    assert list_files(out_dir) == ["a-cat-seed0.png", "a-cat-seed0.png.json"]
+    sidecar = json.loads((out_dir / "a-cat-seed0.png.json").read_text())
+    assert sidecar["model"]["family"] == "flux" and not sidecar["model"]["embedded"]
+    assert read_media(out_dir / "a-cat-seed0.png").shape == (1, 32, 48, 3)
+
+
+def _bad_model_folders(tmp_path):
+    no_index = tmp_path / "no-index"
+    no_index.mkdir()
+    (no_index / "config.json").write_text("{}")
+    unsupported = tmp_path / "sd"
+    unsupported.mkdir()
+    (unsupported / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return no_index, unsupported
+
+
+@pytest.mark.parametrize("case", [
+    "not-a-pipeline", "unsupported-family", "missing-folder", "zero-frames", "negative-steps", "unwritable-output",
+    "bad-suffix", "bad-topk", "topk-and-tau", "odd-height", "frames-for-images", "not-a-number",
+])
+def test_bad_inputs_fail_in_one_line_and_write_nothing(case, cli, tmp_path, list_files):
+    no_index, unsupported = _bad_model_folders(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    out = tmp_path / "out"
+    args = {
+        "not-a-pipeline": ["--model", no_index],
+        "unsupported-family": ["--model", unsupported],
+        "missing-folder": ["--model", tmp_path / "nowhere"],
+        "zero-frames": ["--frames", "0"],
+        "negative-steps": ["--steps", "-2"],
+        "unwritable-output": ["-o", blocker / "clip.mp4"],
+        "bad-suffix": ["-o", out / "clip.avi"],
+        "bad-topk": ["--topk", "1.5"],
+        "topk-and-tau": ["--topk", "0.5", "--cdf-threshold", "0.9"],
+        "odd-height": ["--height", "50"],
+        "frames-for-images": ["--model", "tiny-flux", "--frames", "9"],
+        "not-a-number": ["--steps", "many"],
+    }[case]
+    before = list_files(tmp_path)
+    if "-o" not in args:
+        args = args + ["-o", out]
+    code, stdout, stderr = cli("generate", "a red ball", "--no-progress", *args)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0], stderr
+    assert "Traceback" not in stderr
+    assert list_files(tmp_path) == before
+
+
+def test_messages_name_the_problem(cli, tmp_path):
+    no_index, unsupported = _bad_model_folders(tmp_path)
+    assert "no model_index.json" in cli("generate", "x", "--model", no_index)[2]
+    assert "StableDiffusionPipeline is not supported" in cli("generate", "x", "--model", unsupported)[2]
+    assert "--frames must be >= 1" in cli("generate", "x", "--frames", "0")[2]
+    assert "--steps must be >= 1" in cli("generate", "x", "--steps", "-1")[2]
+
+
+def test_helpers():
+    assert slugify("A Red Ball, rolling!") == "a-red-ball-rolling"
+    assert slugify("???") == "prompt"
+    assert EMBEDDED_MODELS["tiny"] == "cogvideox"
