@@ -108,8 +108,9 @@ def sparge_attention_launch(q, k, v, scale, block_m, block_n, topk, cdf_threshol
     """The launch sequence behind the custom op (callable directly, e.g. under ``TRITON_INTERPRET=1``).
 
     Selection follows `reference.naive_sparge_attention`: ``target_error`` (ε) replaces ``topk`` / ``cdf_threshold``
-    (TopCdf with ``τ = 1 − ε · DROP_MASS_PER_ERROR``); the ``"sparge"`` predictor runs fused in Triton, ``"lse"``
-    runs as PyTorch ops on the device (`predictors.naive_predict_block_mask_lse`).
+    (``τ = 1 − ε · DROP_MASS_PER_ERROR``; ``"lse"`` drops a predicted mass ``δ = 1 − τ``). Both predictors run in
+    Triton: ``"sparge"`` as pooled scores + `predict.select_blocks_fwd`, ``"lse"`` as `predict.lse_block_logits_fwd`
+    (ground truth `predictors.naive_lse_block_logits`) + the same selection kernel.
     """
     quantize, predict, attn = _kernel_modules()
     ranges = list(zip(keep_ranges[0::2], keep_ranges[1::2]))
@@ -121,29 +122,30 @@ def sparge_attention_launch(q, k, v, scale, block_m, block_n, topk, cdf_threshol
         topk, cdf_threshold = None, 1.0 - target_error * DROP_MASS_PER_ERROR
     elif topk is not None:
         cdf_threshold = None
-    keeps_all = predictor == "full" or (topk is not None and topk >= 1.0) or (topk is None and cdf_threshold >= 1.0)
+    drop_mass = None if topk is not None else 1.0 - cdf_threshold
+    keeps_all = (predictor == "full" or (topk is not None and topk >= 1.0) or (topk is None and cdf_threshold >= 1.0)
+                 or (predictor == "lse" and drop_mass is not None and drop_mass <= 0.0))
+    if predictor not in ("sparge", "lse", "full"):
+        raise ValueError(f"predictor must be 'sparge', 'lse' or 'full', got {predictor!r}")
     quantized = precision != "bf16"
-    want_pool = predictor == "sparge" and not keeps_all
-    q_int8, q_scale, q_means, q_sims = quantize.quant_pool_fwd(
-        q, block_m, scale_mult=scale * attn.LOG2E, quantize=quantized, pool=want_pool)
+    use_lse = predictor == "lse" and not keeps_all
+    use_pooled = predictor == "sparge" and not keeps_all
+    q_int8, q_scale, q_means, q_sims, *q_sq_means = quantize.quant_pool_fwd(
+        q, block_m, scale_mult=scale * attn.LOG2E, quantize=quantized, pool=use_pooled or use_lse,
+        second_moment=use_lse)
     k_int8, k_scale, k_means, k_sims = quantize.quant_pool_fwd(
-        k, block_n, smooth=True, quantize=quantized, pool=want_pool)
+        k, block_n, smooth=True, quantize=quantized, pool=use_pooled)
+    selection = dict(seq_len_q=sq, seq_len_k=sk, block_m=block_m, block_n=block_n, scale=scale, topk=topk,
+                     keep_ranges=ranges)
     if keeps_all:
         lut, counts = full_lut(b, h, sq, sk, block_m, block_n, q.device)
-    elif want_pool:
-        lut, counts = predict.select_blocks_fwd(
-            q_means, k_means, q_sims, k_sims, seq_len_q=sq, seq_len_k=sk, block_m=block_m, block_n=block_n,
-            scale=scale, topk=topk, cdf_threshold=cdf_threshold, sim_threshold=sim_threshold, keep_ranges=ranges,
-        )
-    elif predictor == "lse":
-        from .predictors import naive_predict_block_mask_lse
-
-        mask = naive_predict_block_mask_lse(
-            q, k, block_m=block_m, block_n=block_n, scale=scale, topk=topk,
-            drop_mass=None if topk is not None else 1.0 - cdf_threshold, keep_ranges=ranges)
-        lut, counts = predict.lut_from_mask(mask)
+    elif use_pooled:
+        lut, counts = predict.select_blocks_fwd(q_means, k_means, q_sims, k_sims, cdf_threshold=cdf_threshold,
+                                                sim_threshold=sim_threshold, **selection)
     else:
-        raise ValueError(f"predictor must be 'sparge', 'lse' or 'full', got {predictor!r}")
+        logits = predict.lse_block_logits_fwd(q_means, q_sq_means[0], k, block_n=block_n, scale=scale)
+        lut, counts = predict.select_blocks_fwd(None, None, None, None, cdf_threshold=None, sim_threshold=None,
+                                                block_logits=logits, drop_mass=drop_mass, **selection)
 
     out = torch.empty((b, h, sq, d), dtype=q.dtype, device=q.device)
     pv_mode = _pv_mode(precision, q.device)

@@ -23,20 +23,26 @@ __all__ = ["forced_blocks", "lut_from_mask", "select_blocks_fwd"]
 
 @triton.jit
 def _select_blocks_fwd_kernel(
-    SCORES, Q_SIM, K_SIM, FORCED_Q, FORCED_K, LUT, COUNT,
+    LOGITS, Q_SIM, K_SIM, FORCED_Q, FORCED_K, LUT, COUNT,
     NQ, NK, SK, scale, sim_threshold, topk_count, cdf_threshold,
-    BLOCK_N: tl.constexpr, NK_PAD: tl.constexpr, USE_TOPK: tl.constexpr, USE_SIM: tl.constexpr,
+    BLOCK_N: tl.constexpr, NK_PAD: tl.constexpr, MODE: tl.constexpr, USE_SIM: tl.constexpr,
+    POOLED: tl.constexpr,
 ):
-    # scores: [B, H, NQ, NK] fp32 (q̄ k̄ᵀ, unscaled); q_sim: [B, H, NQ]; k_sim: [B, H, NK]
-    # forced_q: [NQ] int8; forced_k: [NK] int8; lut: [B, H, NQ, NK] int32; count: [B, H, NQ] int32
+    # logits: [B, H, NQ, NK] fp32: q̄ k̄ᵀ unscaled (POOLED, the paper's stage 1) or finished block log-masses ("lse");
+    # q_sim: [B, H, NQ]; k_sim: [B, H, NK]; forced_q: [NQ] int8; forced_k: [NK] int8;
+    # lut: [B, H, NQ, NK] int32; count: [B, H, NQ] int32.
+    # MODE 0: top-k (forced columns count against the budget); 1: TopCdf τ over the non-forced blocks (softmax over
+    # them alone, the paper's rule); 2: drop the least massive non-forced blocks while their mass (softmax over all
+    # blocks) stays <= δ = cdf_threshold, keeping the most massive block when nothing is forced.
     pid_q = tl.program_id(0)
     pid_bh = tl.program_id(1)
     row = pid_bh * NQ + pid_q
     offs = tl.arange(0, NK_PAD)
     valid = offs < NK
-    tokens = tl.minimum(SK - offs * BLOCK_N, BLOCK_N).to(tl.float32)
-    logits = tl.load(SCORES + row * NK + offs, mask=valid, other=0.0) * scale
-    logits = logits + tl.log(tl.maximum(tokens, 1.0))  # [NK_PAD]
+    logits = tl.load(LOGITS + row * NK + offs, mask=valid, other=0.0)
+    if POOLED:
+        tokens = tl.minimum(SK - offs * BLOCK_N, BLOCK_N).to(tl.float32)
+        logits = logits * scale + tl.log(tl.maximum(tokens, 1.0))  # [NK_PAD]
     forced_col = (tl.load(FORCED_K + offs, mask=valid, other=0) != 0) & valid
     forced_row = tl.load(FORCED_Q + pid_q) != 0
     if USE_SIM:
@@ -44,27 +50,112 @@ def _select_blocks_fwd_kernel(
         forced_col = forced_col | ((k_sim < sim_threshold) & valid)
         forced_row = forced_row | (tl.load(Q_SIM + row) < sim_threshold)
     candidate = valid & (forced_col == 0)
-    logits = tl.where(candidate, logits, float("-inf"))
+    if MODE == 2:
+        logits = tl.where(valid, logits, float("-inf"))
+    else:
+        logits = tl.where(candidate, logits, float("-inf"))
     row_max = tl.max(logits, axis=0)
     row_max = tl.where(row_max == float("-inf"), 0.0, row_max)
-    weights = tl.where(candidate, tl.exp(logits - row_max), 0.0)
+    weights = tl.exp(logits - row_max)
     probs = weights / tl.maximum(tl.sum(weights, axis=0), 1e-30)  # [NK_PAD]
-    if USE_TOPK:
-        budget = topk_count - tl.sum(forced_col.to(tl.int32), axis=0)
-        keyed = tl.where(candidate, probs, -1.0)
-        ranked = tl.sort(keyed, 0, descending=True)
-        cut = tl.sum(tl.where(offs == budget - 1, ranked, 0.0), axis=0)
-        keep = candidate & (keyed >= cut) & (budget > 0)
+    if MODE == 2:
+        keyed = tl.where(candidate, probs, 0.0)
     else:
-        ranked = tl.sort(probs, 0, descending=True)
+        keyed = tl.where(candidate, probs, -1.0)
+    ranked = tl.sort(keyed, 0, descending=True)
+    if MODE == 0:
+        num_keep = topk_count - tl.sum(forced_col.to(tl.int32), axis=0)
+    elif MODE == 1:
+        mass_before = tl.cumsum(tl.maximum(ranked, 0.0), 0) - tl.maximum(ranked, 0.0)
+        num_keep = tl.maximum(tl.sum(((mass_before < cdf_threshold) & (ranked >= 0)).to(tl.int32), axis=0), 1)
+    else:
         mass_before = tl.cumsum(ranked, 0) - ranked
-        kept_ranked = (mass_before < cdf_threshold) | (offs == 0)
-        cut = tl.min(tl.where(kept_ranked, ranked, 2.0), axis=0)
-        keep = candidate & (probs >= cut)
+        nothing_forced = tl.sum(forced_col.to(tl.int32), axis=0) == 0
+        num_keep = tl.sum((mass_before < tl.sum(keyed, axis=0) - cdf_threshold).to(tl.int32), axis=0)
+        num_keep = tl.maximum(num_keep, nothing_forced.to(tl.int32))
+    # Keep the num_keep largest; ties at the cut are broken as a stable sort would: lowest index first (top-k and
+    # TopCdf rank descending), highest index first (the drop rule drops in ascending order).
+    cut = tl.sum(tl.where(offs == num_keep - 1, ranked, 0.0), axis=0)
+    above = candidate & (keyed > cut)
+    tie = candidate & (keyed == cut)
+    need = num_keep - tl.sum(above.to(tl.int32), axis=0)
+    if MODE == 2:
+        tie_rank = tl.sum(tie.to(tl.int32), axis=0) - tl.cumsum(tie.to(tl.int32), 0) + tie.to(tl.int32)
+    else:
+        tie_rank = tl.cumsum(tie.to(tl.int32), 0)
+    keep = (above | (tie & (tie_rank <= need))) & (num_keep > 0)
     keep = keep | forced_col | (forced_row & valid)
     position = tl.cumsum(keep.to(tl.int32), 0) - 1
     tl.store(LUT + row * NK + position, offs, mask=keep != 0)
     tl.store(COUNT + row, tl.sum(keep.to(tl.int32), axis=0))
+
+
+@triton.jit
+def _lse_block_logits_fwd_kernel(
+    QM, QV, K, LOGITS,
+    stride_kb, stride_kh, stride_ks, stride_kd,
+    H, NQ, NK, SK,
+    BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
+    VARIANCE: tl.constexpr,
+):
+    # qm, qv: [B, H, NQ, D] in k's dtype (q̄ · scale, ½ w scale² σ²); k: [B, H, SK, D] (any strides);
+    # logits: [B, H, NQ, NK] fp32 = logsumexp over the keys c of block j of (qm_i · k_c + qv_i · k_c²).
+    pid_q = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    off_b = pid_bh // H
+    off_h = pid_bh % H
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    q_valid = offs_q < NQ
+    q_off = (pid_bh * NQ + offs_q)[:, None] * D + offs_d[None, :]
+    qm = tl.load(QM + q_off, mask=q_valid[:, None], other=0.0)  # [BLOCK_Q, D]
+    if VARIANCE:
+        qv = tl.load(QV + q_off, mask=q_valid[:, None], other=0.0)
+    k_base = K + off_b * stride_kb + off_h * stride_kh + offs_d[:, None] * stride_kd
+    for step in range(BLOCKS_PER_PROGRAM):
+        kb = pid_n * BLOCKS_PER_PROGRAM + step
+        if kb < NK:
+            cols = kb * BLOCK_N + offs_n
+            k = tl.load(k_base + cols[None, :] * stride_ks, mask=(cols < SK)[None, :], other=0.0)  # [D, BLOCK_N]
+            s = tl.dot(qm, k)  # [BLOCK_Q, BLOCK_N]
+            if VARIANCE:
+                k32 = k.to(tl.float32)
+                s += tl.dot(qv, (k32 * k32).to(k.dtype))
+            s = tl.where((cols < SK)[None, :], s, float("-inf"))
+            row_max = tl.max(s, 1)
+            lse = row_max + tl.log(tl.sum(tl.exp(s - row_max[:, None]), 1))
+            tl.store(LOGITS + (pid_bh * NQ + offs_q) * NK + kb, lse, mask=q_valid)
+
+
+def lse_block_logits_fwd(q_means: torch.Tensor, q_sq_means: Optional[torch.Tensor], k: torch.Tensor, *,
+                         block_n: int, scale: float, variance_weight: float = 1.0) -> torch.Tensor:
+    """Fused `predictors.naive_lse_block_logits`: ``[B, H, NQ, NK]`` fp32 without the ``[NQ, Sk]`` score matrix.
+
+    Args:
+        q_means, q_sq_means: fp32 ``[B, H, NQ, D]`` per-block mean and mean of squares of q
+            (`quantize.quant_pool_fwd` with ``second_moment=True``); ``q_sq_means`` may be None when
+            ``variance_weight`` is 0.
+        k: ``[B, H, Sk, D]`` (any strides).
+    """
+    b, h, nq, d = q_means.shape
+    sk = k.shape[2]
+    nk = triton.cdiv(sk, block_n)
+    qm = (q_means * scale).to(k.dtype).contiguous()
+    variance = bool(variance_weight)
+    qv = qm
+    if variance:
+        q_var = (q_sq_means - q_means * q_means).clamp_min(0.0)
+        qv = (q_var * (0.5 * variance_weight * scale * scale)).to(k.dtype).contiguous()
+    logits = torch.empty((b, h, nq, nk), dtype=torch.float32, device=k.device)
+    block_q = 64
+    per_program = 8
+    _lse_block_logits_fwd_kernel[(triton.cdiv(nq, block_q), triton.cdiv(nk, per_program), b * h)](
+        qm, qv, k, logits, *k.stride(), h, nq, nk, sk,
+        BLOCK_Q=block_q, BLOCK_N=block_n, D=d, BLOCKS_PER_PROGRAM=per_program, VARIANCE=variance, num_warps=4,
+    )
+    return logits
 
 
 @functools.lru_cache(maxsize=256)
@@ -83,10 +174,10 @@ def forced_blocks(ranges: Sequence[Tuple[int, int]], seq_len: int, block: int, d
 
 
 def select_blocks_fwd(
-    q_means: torch.Tensor,
-    k_means: torch.Tensor,
-    q_sims: torch.Tensor,
-    k_sims: torch.Tensor,
+    q_means: Optional[torch.Tensor],
+    k_means: Optional[torch.Tensor],
+    q_sims: Optional[torch.Tensor],
+    k_sims: Optional[torch.Tensor],
     *,
     seq_len_q: int,
     seq_len_k: int,
@@ -97,31 +188,40 @@ def select_blocks_fwd(
     cdf_threshold: Optional[float],
     sim_threshold: Optional[float],
     keep_ranges: Sequence[Tuple[int, int]] = (),
+    block_logits: Optional[torch.Tensor] = None,
+    drop_mass: Optional[float] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Kept key blocks per query block.
 
     Args:
-        q_means, k_means: fp32 ``[B, H, NQ, D]``, ``[B, H, NK, D]`` block means.
-        q_sims, k_sims: fp32 ``[B, H, NQ]``, ``[B, H, NK]`` block self-similarities.
+        q_means, k_means: fp32 ``[B, H, NQ, D]``, ``[B, H, NK, D]`` block means (the paper's pooled scores), or None
+            with ``block_logits``.
+        q_sims, k_sims: fp32 ``[B, H, NQ]``, ``[B, H, NK]`` block self-similarities (used with θ).
+        block_logits: fp32 ``[B, H, NQ, NK]`` finished block log-masses (`lse_block_logits_fwd`); their softmax runs
+            over all blocks, forced ones included.
+        drop_mass: δ, with ``block_logits`` and ``topk=None``: drop the least massive non-forced blocks while their
+            mass stays <= δ (`predictors.select_by_drop_mass`).
     Returns:
         lut: int32 ``[B, H, NQ, NK]`` (kept indices ascending, then unspecified); counts: int32 ``[B, H, NQ]``.
     """
-    b, h, nq, _ = q_means.shape
-    nk = k_means.shape[2]
-    scores = torch.matmul(q_means, k_means.transpose(-1, -2))
-    lut = torch.empty((b, h, nq, nk), dtype=torch.int32, device=q_means.device)
-    counts = torch.empty((b, h, nq), dtype=torch.int32, device=q_means.device)
-    use_topk = topk is not None
-    topk_count = min(nk, max(1, int(topk * nk + 0.5))) if use_topk else 0
+    pooled = block_logits is None
+    logits = torch.matmul(q_means, k_means.transpose(-1, -2)) if pooled else block_logits
+    b, h, nq, nk = logits.shape
+    lut = torch.empty((b, h, nq, nk), dtype=torch.int32, device=logits.device)
+    counts = torch.empty((b, h, nq), dtype=torch.int32, device=logits.device)
+    mode = 0 if topk is not None else (1 if pooled else 2)
+    topk_count = min(nk, max(1, int(topk * nk + 0.5))) if topk is not None else 0
+    threshold = drop_mass if mode == 2 else (1.0 if cdf_threshold is None else float(cdf_threshold))
+    use_sim = sim_threshold is not None and pooled
     nk_pad = max(16, triton.next_power_of_2(nk))
+    dummy = counts
     _select_blocks_fwd_kernel[(nq, b * h)](
-        scores, q_sims, k_sims,
-        forced_blocks(keep_ranges, seq_len_q, block_m, q_means.device),
-        forced_blocks(keep_ranges, seq_len_k, block_n, q_means.device),
+        logits, q_sims if use_sim else dummy, k_sims if use_sim else dummy,
+        forced_blocks(keep_ranges, seq_len_q, block_m, logits.device),
+        forced_blocks(keep_ranges, seq_len_k, block_n, logits.device),
         lut, counts, nq, nk, seq_len_k, scale,
-        -2.0 if sim_threshold is None else float(sim_threshold), topk_count,
-        1.0 if cdf_threshold is None else float(cdf_threshold),
-        BLOCK_N=block_n, NK_PAD=nk_pad, USE_TOPK=use_topk, USE_SIM=sim_threshold is not None,
+        -2.0 if sim_threshold is None else float(sim_threshold), topk_count, float(threshold),
+        BLOCK_N=block_n, NK_PAD=nk_pad, MODE=mode, USE_SIM=use_sim, POOLED=pooled,
         num_warps=4 if nk_pad <= 1024 else 8,
     )
     return lut, counts

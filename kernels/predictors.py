@@ -80,7 +80,7 @@ def naive_lse_block_logits(
     qf = q.float()
     q_mean = naive_block_mean(qf, block_m)  # [B, H, NQ, D]
     sk = k.shape[-2]
-    # One GEMM with a 2·D inner dim: [q̄·scale, ½ w scale² σ²] · [k, k∘k]ᵀ, in the input dtype (fp32 accumulate)
+    # One GEMM with a 2·D inner dim: [q̄·scale, ½ w scale² σ²] · [k, k∘k]ᵀ
     query_side = [q_mean * scale]
     key_side = [k]
     if variance_weight:
@@ -89,7 +89,8 @@ def naive_lse_block_logits(
         key_side.append(k * k)
     lhs = torch.cat(query_side, dim=-1).to(k.dtype)  # [B, H, NQ, D or 2D]
     rhs = _pad_keys(torch.cat(key_side, dim=-1), block_n)  # [B, H, NK*bn, D or 2D]
-    logits = torch.matmul(lhs, rhs.transpose(-1, -2))  # [B, H, NQ, NK*bn]
+    # operands rounded to the input dtype, products summed and kept in fp32 (as the Triton kernel does)
+    logits = torch.matmul(lhs.float(), rhs.float().transpose(-1, -2))  # [B, H, NQ, NK*bn]
     if rhs.shape[-2] > sk:
         logits[..., sk:] = float("-inf")
     nk = num_blocks(sk, block_n)

@@ -21,13 +21,14 @@ FP8_E4M3_MAX = 448.0
 
 @triton.jit
 def _quant_pool_fwd_kernel(
-    X, X_INT8, SCALE, MEAN, SIM, SHIFT,
+    X, X_INT8, SCALE, MEAN, SIM, SHIFT, SQ_MEAN,
     stride_xb, stride_xh, stride_xs, stride_xd,
     H, S, NB, scale_mult,
     BLOCK: tl.constexpr, D: tl.constexpr, SMOOTH: tl.constexpr, QUANTIZE: tl.constexpr, POOL: tl.constexpr,
+    SECOND_MOMENT: tl.constexpr,
 ):
     # x: [B, H, S, D] (any strides); x_int8: [B, H, NB * BLOCK, D] contiguous, zero padded;
-    # scale, sim: [B, H, NB]; mean: [B, H, NB, D]
+    # scale, sim: [B, H, NB]; mean, sq_mean: [B, H, NB, D]
     # shift: [B, H, D] fp32 (token mean used for smoothing)
     pid_blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -42,6 +43,8 @@ def _quant_pool_fwd_kernel(
     stat_off = pid_bh * NB + pid_blk
     if POOL:
         tl.store(MEAN + stat_off * D + offs_d, tl.sum(x, axis=0) / n)
+        if SECOND_MOMENT:
+            tl.store(SQ_MEAN + stat_off * D + offs_d, tl.sum(x * x, axis=0) / n)
         inv_norms = tl.math.rsqrt(tl.maximum(tl.sum(x * x, axis=1), 1e-24))  # [BLOCK]
         unit = x * inv_norms[:, None]
         unit_sum = tl.sum(unit, axis=0)  # [D]
@@ -67,35 +70,42 @@ def quant_pool_fwd(
     scale_mult: float = 1.0,
     quantize: bool = True,
     pool: bool = True,
-) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    second_moment: bool = False,
+) -> Tuple[Optional[torch.Tensor], ...]:
     """Quantize ``x: [B, H, S, D]`` per block and/or compute its block statistics in one pass.
 
     Args:
         block: tokens per block.
         smooth: subtract the token mean before quantizing (K smoothing).
         scale_mult: multiplied into the stored scales (the attention kernel folds softmax scale · log2 e into Q's).
+        second_moment: also return the per-block mean of squares (``pool`` only; the "lse" predictor's variance).
     Returns:
         ``(x_int8 [B, H, NB * block, D] (zero padded to whole blocks), scales [B, H, NB] fp32, means [B, H, NB, D] fp32, sims [B, H, NB] fp32)``;
-        entries not asked for are None. Means and self-similarities are of the unsmoothed tokens.
+        entries not asked for are None. Means and self-similarities are of the unsmoothed tokens. With
+        ``second_moment`` a fifth entry, ``sq_means [B, H, NB, D]`` fp32.
     """
     b, h, s, d = x.shape
     if not (quantize or pool):
-        return None, None, None, None
+        return (None,) * (5 if second_moment else 4)
     nb = triton.cdiv(s, block)
     dev = x.device
     x_int8 = torch.empty((b, h, nb * block, d), dtype=torch.int8, device=dev) if quantize else None
     scales = torch.empty((b, h, nb), dtype=torch.float32, device=dev) if quantize else None
     means = torch.empty((b, h, nb, d), dtype=torch.float32, device=dev) if pool else None
     sims = torch.empty((b, h, nb), dtype=torch.float32, device=dev) if pool else None
+    second_moment = second_moment and pool
+    sq_means = torch.empty((b, h, nb, d), dtype=torch.float32, device=dev) if second_moment else None
     shift = torch.mean(x, dim=-2, dtype=torch.float32).contiguous() if (smooth and quantize) else None
     dummy = torch.empty(1, device=dev)
     _quant_pool_fwd_kernel[(nb, b * h)](
         x, x_int8 if quantize else dummy, scales if quantize else dummy, means if pool else dummy,
-        sims if pool else dummy, shift if shift is not None else dummy,
+        sims if pool else dummy, shift if shift is not None else dummy, sq_means if second_moment else dummy,
         *x.stride(), h, s, nb, scale_mult,
-        BLOCK=block, D=d, SMOOTH=bool(smooth and quantize), QUANTIZE=quantize, POOL=pool,
+        BLOCK=block, D=d, SMOOTH=bool(smooth and quantize), QUANTIZE=quantize, POOL=pool, SECOND_MOMENT=second_moment,
         num_warps=4 if block * d <= 8192 else 8,
     )
+    if second_moment:
+        return x_int8, scales, means, sims, sq_means
     return x_int8, scales, means, sims
 
 

@@ -157,17 +157,19 @@ def run_shape(bench: Bench, name: str, shape, sparsities, topks):
                           sparsity=sparsity, measured=measured, cudnn_ms=cudnn_ms, note="sum of two timings")
         flex_row(bench, name, shape, q, k, v, sparsity, cudnn_ms)
 
-    for topk in topks:
-        config = SpargeConfig(topk=topk, sim_threshold=None, check_finite=False)
-        out, stats = sparge_attn(q, k, v, config=config, return_stats=True)
-        ms = timed(lambda: sparge_attn(q, k, v, config=config))
-        bench.add(name, shape, "whole-call", f"sparge topk={topk}", ms, precision="int8-fp8", sparsity=1 - topk,
-                  measured=stats.mean_sparsity, cudnn_ms=cudnn_ms, out=out, oracle=oracle,
-                  note="relL1 vs dense oracle (random inputs: near-uniform attention)")
-        ms = graph_timed(lambda: sparge_attn(q, k, v, config=config))
-        bench.add(name, shape, "whole-call", f"sparge topk={topk} (CUDA graph)", ms, precision="int8-fp8",
-                  sparsity=1 - topk, measured=stats.mean_sparsity, cudnn_ms=cudnn_ms,
-                  note="same call replayed from a CUDA graph")
+    for predictor in ("sparge", "lse"):
+        for topk in topks:
+            config = SpargeConfig(topk=topk, sim_threshold=None, predictor=predictor, check_finite=False)
+            out, stats = sparge_attn(q, k, v, config=config, return_stats=True)
+            ms = timed(lambda: sparge_attn(q, k, v, config=config))
+            label = f"{predictor} topk={topk}"
+            bench.add(name, shape, "whole-call", label, ms, precision="int8-fp8", sparsity=1 - topk,
+                      measured=stats.mean_sparsity, cudnn_ms=cudnn_ms, out=out, oracle=oracle,
+                      note="relL1 vs dense oracle (random inputs: near-uniform attention)")
+            ms = graph_timed(lambda: sparge_attn(q, k, v, config=config))
+            bench.add(name, shape, "whole-call", f"{label} (CUDA graph)", ms, precision="int8-fp8",
+                      sparsity=1 - topk, measured=stats.mean_sparsity, cudnn_ms=cudnn_ms,
+                      note="same call replayed from a CUDA graph")
     config = SpargeConfig(topk=1.0, predictor="full", check_finite=False)
     out = sparge_attn(q, k, v, config=config)
     bench.add(name, shape, "whole-call", "sparge full (quantized dense)", timed(lambda: sparge_attn(q, k, v, config=config)),
@@ -186,7 +188,17 @@ def run_shape(bench: Bench, name: str, shape, sparsities, topks):
         predict.select_blocks_fwd(qm, km, qs, ks, seq_len_q=s, seq_len_k=s, block_m=bm, block_n=bn, scale=scale,
                                   topk=0.5, cdf_threshold=None, sim_threshold=0.6)
 
-    for label, fn in (("prediction only", predict_only), ("prediction+quantization", predict_and_quantize)):
+    def lse_predict_and_quantize():
+        _, _, qm, _, qsq = quantize.quant_pool_fwd(q, bm, scale_mult=scale * block_sparse_attn.LOG2E,
+                                                   second_moment=True)
+        quantize.quant_pool_fwd(k, bn, smooth=True, pool=False)
+        quantize.quant_v_fp8_fwd(v, bn)
+        logits = predict.lse_block_logits_fwd(qm, qsq, k, block_n=bn, scale=scale)
+        predict.select_blocks_fwd(None, None, None, None, seq_len_q=s, seq_len_k=s, block_m=bm, block_n=bn,
+                                  scale=scale, topk=0.5, cdf_threshold=None, sim_threshold=None, block_logits=logits)
+
+    for label, fn in (("prediction only", predict_only), ("prediction+quantization", predict_and_quantize),
+                      ("lse prediction+quantization", lse_predict_and_quantize)):
         for suffix, timer in (("", timed), (" (CUDA graph)", graph_timed)):
             ms = timer(fn)
             bench.add(name, shape, "overhead", label + suffix, ms, precision="int8-fp8", cudnn_ms=cudnn_ms,

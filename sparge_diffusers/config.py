@@ -82,7 +82,7 @@ class SpargeConfig:
     cdf_threshold: Optional[float] = None
     sim_threshold: Optional[float] = 0.6
     pv_threshold: Optional[float] = None
-    predictor: str = "sparge"
+    predictor: str = "lse"
     block_m: int = 128
     block_n: int = 64
     precision: str = "int8-fp8"

@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from .config import PRECISIONS, REORDERS, SpargeConfig
+from .config import PRECISIONS, PREDICTORS, REORDERS, SpargeConfig
 from .errors import UsageError
 from .media import FORMATS, check_writable, sidecar_path, to_uint8_frames, write_json, write_media
 
@@ -432,6 +432,11 @@ def add_parser(subparsers) -> None:
                                                                 "(default: 0.5 unless --cdf-threshold is given)")
     group.add_argument("--cdf-threshold", type=float, default=None, metavar="TAU",
                        help="τ: TopCdf selection, keep blocks until their predicted mass reaches τ")
+    group.add_argument("--target-error", type=float, default=None, metavar="EPS",
+                       help="ε in (0, 1): relative L1 error budget against dense attention; replaces --topk and "
+                            "--cdf-threshold")
+    group.add_argument("--predictor", choices=PREDICTORS, default=SpargeConfig.predictor,
+                       help=f"block predictor (default: {SpargeConfig.predictor}; 'sparge' is the paper's stage 1)")
     group.add_argument("--sim-threshold", type=_optional_float, default="auto", metavar="THETA",
                        help=f"θ: blocks less self-similar than θ are always computed; a number, 'none' or 'auto' "
                             f"(default: {SpargeConfig.sim_threshold}, but none for the embedded tiny models)")
@@ -450,11 +455,14 @@ def add_parser(subparsers) -> None:
 
 def config_from_args(args: argparse.Namespace) -> SpargeConfig:
     """The `SpargeConfig` of the command line; `UsageError` with SpargeConfig's message on a bad value."""
-    if args.topk is not None and args.cdf_threshold is not None:
-        raise UsageError("give --topk or --cdf-threshold, not both")
-    topk = args.topk if args.topk is not None else (None if args.cdf_threshold is not None else SpargeConfig.topk)
+    chosen = [flag for flag, value in (("--topk", args.topk), ("--cdf-threshold", args.cdf_threshold),
+                                       ("--target-error", args.target_error)) if value is not None]
+    if len(chosen) > 1:
+        raise UsageError(f"give one of --topk, --cdf-threshold, --target-error, not {' and '.join(chosen)}")
+    topk = args.topk if args.topk is not None else (SpargeConfig.topk if not chosen else None)
     try:
-        return SpargeConfig(topk=topk, cdf_threshold=args.cdf_threshold,
+        return SpargeConfig(topk=topk, cdf_threshold=args.cdf_threshold, target_error=args.target_error,
+                            predictor=args.predictor,
                             sim_threshold=resolve_sim_threshold(args.sim_threshold, args.model),
                             pv_threshold=args.pv_threshold, precision=args.precision, reorder=args.reorder,
                             dense_steps=args.dense_steps)

@@ -26,11 +26,16 @@ def test_output_dtype_shape_and_stats(gen, dtype):
     assert stats.block_map.shape == (1, 2, 3, 5)
 
 
-def test_matches_reference_algorithm(gen):
+@pytest.mark.parametrize("predictor", ["lse", "sparge"])
+def test_matches_reference_algorithm(gen, predictor):
     q, k, v = qkv(gen)
-    out = sparge_attn(q, k, v, config=SPARSE)
-    expected, _ = ref.naive_sparge_attention(q, k, v, topk=0.5, precision="int8-fp16")
+    out = sparge_attn(q, k, v, config=SPARSE.replace(predictor=predictor))
+    expected, _ = ref.naive_sparge_attention(q, k, v, topk=0.5, precision="int8-fp16", predictor=predictor)
     torch.testing.assert_close(out, expected)
+
+
+def test_default_predictor_is_lse():
+    assert SpargeConfig().predictor == "lse"
 
 
 def test_bshd_layout_and_strided_views(gen):

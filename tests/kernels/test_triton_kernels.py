@@ -146,3 +146,51 @@ def test_rows_with_all_blocks_filtered_stay_finite(gen):
     counts.zero_()
     out = _run_kernel(q, k, v, lut, counts, "int8-fp16", None)
     assert torch.isfinite(out).all() and out.abs().max() == 0
+
+
+@pytest.mark.parametrize("seq_len", [97, 300, 700])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_lse_block_logits_match_reference(gen, seq_len, head_dim):
+    from sparge_diffusers.kernels.predictors import naive_lse_block_logits
+
+    q, k, _ = qkv(gen, 2, 2, seq_len, head_dim)
+    _, _, q_means, _, q_sq_means = quantize.quant_pool_fwd(q, 128, quantize=False, second_moment=True)
+    torch.testing.assert_close(q_sq_means, ref.naive_block_mean(q.float() ** 2, 128), rtol=1e-4, atol=1e-4)
+    for weight in (0.0, 1.0):
+        logits = predict.lse_block_logits_fwd(q_means, q_sq_means, k, block_n=64, scale=head_dim ** -0.5,
+                                              variance_weight=weight)
+        expected = naive_lse_block_logits(q, k, block_m=128, block_n=64, scale=head_dim ** -0.5,
+                                          variance_weight=weight)
+        torch.testing.assert_close(logits, expected, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("seq_len", [300, 700])
+@pytest.mark.parametrize("selection", [dict(topk=0.3), dict(drop_mass=0.05), dict(drop_mass=0.3)],
+                         ids=["topk0.3", "drop0.05", "drop0.3"])
+def test_lse_selection_matches_reference(gen, seq_len, selection):
+    from sparge_diffusers.kernels.predictors import naive_lse_block_logits, naive_predict_block_mask_lse
+
+    q, k, _ = qkv(gen, 1, 3, seq_len, 64)
+    q = q + torch.linspace(-1, 1, seq_len)[:, None].half()
+    logits = naive_lse_block_logits(q, k, block_m=128, block_n=64, scale=0.125)
+    for ranges in ((), [(0, 70)], [(seq_len - 30, seq_len)]):
+        lut, counts = predict.select_blocks_fwd(
+            None, None, None, None, seq_len_q=seq_len, seq_len_k=seq_len, block_m=128, block_n=64, scale=0.125,
+            topk=selection.get("topk"), cdf_threshold=None, sim_threshold=None, keep_ranges=ranges,
+            block_logits=logits, drop_mass=selection.get("drop_mass"))
+        expected = naive_predict_block_mask_lse(q, k, block_m=128, block_n=64, scale=0.125, keep_ranges=ranges,
+                                                **selection)
+        assert torch.equal(block_mask_from_lut(lut, counts), expected)
+
+
+@pytest.mark.parametrize("selection", [dict(topk=0.4), dict(topk=None, target_error=0.05)], ids=["topk", "budget"])
+def test_fused_launch_with_lse_predictor_matches_reference(gen, selection):
+    q, k, v = qkv(gen, 2, 2, 333, 64)
+    out, lut, counts = dispatch.sparge_attention_launch(
+        q, k, v, 0.125, 128, 64, selection["topk"], None, None, None, "int8-fp16", [0, 40], "lse",
+        selection.get("target_error"))
+    expected, expected_mask = ref.naive_sparge_attention(
+        q, k, v, scale=0.125, topk=selection["topk"], precision="int8-fp16", keep_ranges=[(0, 40)],
+        predictor="lse", target_error=selection.get("target_error"))
+    assert (block_mask_from_lut(lut, counts) != expected_mask).float().mean() < 0.02
+    assert ref.relative_l1(out, expected) < 0.02

@@ -69,7 +69,8 @@ def test_reference_path_with_every_block_kept_equals_stock(family, variant):
     block map on Hilbert-ordered tokens and must still give the stock output."""
     transformer, inputs = _setup(family, variant)
     ref = _forward(transformer, inputs)
-    apply_sparge(transformer, SpargeConfig(topk=0.5, sim_threshold=1.0, precision="bf16"), collect_stats=True)
+    apply_sparge(transformer, SpargeConfig(topk=0.5, sim_threshold=1.0, precision="bf16", predictor="sparge"),
+                 collect_stats=True)
     out = _forward(transformer, inputs)
     from sparge_diffusers import get_sparge_stats
 
