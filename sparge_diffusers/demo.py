@@ -27,6 +27,8 @@ def add_parser(subparsers) -> None:
 
 
 def _timed(fn):
+    """Result and milliseconds of ``fn``, after one untimed call (kernel compilation, caches)."""
+    fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
