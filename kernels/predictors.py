@@ -29,7 +29,7 @@ yields the exact block mass of each chunk so that the ideal selector can be eval
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 

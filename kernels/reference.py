@@ -294,7 +294,7 @@ def naive_block_sparse_attention(
     Returns:
         fp32 ``[B, H, Sq, D]``.
     """
-    sq, sk = q.shape[-2], k.shape[-2]
+    sq = q.shape[-2]
     batch, heads, nq, nk = block_mask.shape
     scores_of = _quantized_scores_fn(q, k, block_m, block_n, scale, precision)
     pv_of, out_scale = _pv_fn(v, precision)

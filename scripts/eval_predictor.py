@@ -26,7 +26,7 @@ import torch
 
 from sparge_diffusers.kernels import predictors as P
 from sparge_diffusers.kernels import reference as R
-from sparge_diffusers.video_inputs import GEOMETRIES, HELDOUT, TUNING, geometry_qkv
+from sparge_diffusers.video_inputs import GEOMETRIES, geometry_qkv
 
 BLOCK_M, BLOCK_N = 128, 64
 DROP_MASS = (0.001, 0.002, 0.004, 0.007, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.13, 0.17,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import MissingWeightsError, UsageError
-from .weights import CLIP_ENV, CLIP_FLAG, read_architectures, resolve_model_dir
+from .weights import CLIP_ENV, CLIP_FLAG, load_model_and_processor, read_architectures, resolve_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -112,14 +111,8 @@ def load_clip(path: Optional[Union[str, os.PathLike]] = None, *, device: Union[s
                                   f"pass {CLIP_FLAG} PATH or set {CLIP_ENV}")
     from transformers import CLIPModel, CLIPProcessor
 
-    try:
-        with warnings.catch_warnings(), _quiet_transformers():
-            warnings.simplefilter("ignore")
-            model = CLIPModel.from_pretrained(folder)
-            processor = CLIPProcessor.from_pretrained(folder)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise MissingWeightsError(f"CLIPScore: cannot load a CLIP model and processor from {str(folder)!r} "
-                                  f"({_first_line(error)}); pass {CLIP_FLAG} PATH or set {CLIP_ENV}") from None
+    model, processor = load_model_and_processor(folder, CLIPModel, CLIPProcessor, what="CLIPScore",
+                                                kind="a CLIP model and processor", flag=CLIP_FLAG, env=CLIP_ENV)
     return LocalClip(model.to(device), processor, source="transformers", path=str(folder))
 
 
@@ -163,32 +156,3 @@ def clip_score(frames: np.ndarray, prompt: str, clip: LocalClip) -> float:
     with torch.no_grad():
         metric.update(images, [prompt] * len(images))
         return float(metric.compute())
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-class _quiet_transformers:
-    """Silence transformers' loading chatter (progress bars, the torchvision fallback notice) for one block."""
-
-    def __enter__(self):
-        try:
-            from transformers.utils import logging as hf_logging
-        except ImportError:  # pragma: no cover
-            self._restore = None
-            return self
-        self._hf = hf_logging
-        self._level = hf_logging.get_verbosity()
-        self._bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        return self
-
-    def __exit__(self, *exc):
-        if getattr(self, "_hf", None) is not None:
-            self._hf.set_verbosity(self._level)
-            if self._bars:
-                self._hf.enable_progress_bar()
-        return False

@@ -12,15 +12,13 @@ token and their conditional probabilities multiplied, so multi-token answers are
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Optional, Union
 
 import numpy as np
 import torch
 
 from ..errors import MissingWeightsError
-from .clip_score import _first_line, _quiet_transformers
-from .weights import VQA_ENV, VQA_FLAG, read_architectures, resolve_model_dir
+from .weights import VQA_ENV, VQA_FLAG, load_model_and_processor, read_architectures, resolve_model_dir
 
 DEFAULT_QUESTION = 'Does this figure show "{prompt}"? Please answer yes or no.'
 SUPPORTED_ARCHITECTURES = ("BlipForQuestionAnswering",)
@@ -84,14 +82,8 @@ def load_vqa(path: Optional[Union[str, os.PathLike]] = None, *, device: Union[st
                                   f"{', '.join(SUPPORTED_ARCHITECTURES)}; pass {VQA_FLAG} PATH or set {VQA_ENV}")
     from transformers import BlipForQuestionAnswering, BlipProcessor
 
-    try:
-        with warnings.catch_warnings(), _quiet_transformers():
-            warnings.simplefilter("ignore")
-            model = BlipForQuestionAnswering.from_pretrained(folder)
-            processor = BlipProcessor.from_pretrained(folder)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise MissingWeightsError(f"VQA score: cannot load a BLIP VQA model and processor from {str(folder)!r} "
-                                  f"({_first_line(error)}); pass {VQA_FLAG} PATH or set {VQA_ENV}") from None
+    model, processor = load_model_and_processor(folder, BlipForQuestionAnswering, BlipProcessor, what="VQA score",
+                                                kind="a BLIP VQA model and processor", flag=VQA_FLAG, env=VQA_ENV)
     return LocalVqa(model.to(device), processor, path=str(folder))
 
 

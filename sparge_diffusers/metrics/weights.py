@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -44,3 +45,44 @@ def read_architectures(path: Path) -> tuple:
         return tuple(json.loads((path / "config.json").read_text()).get("architectures") or ())
     except (OSError, ValueError, AttributeError):
         return ()
+
+
+def load_model_and_processor(folder: Path, model_class, processor_class, *, what: str, kind: str, flag: str,
+                             env: str):
+    """``(model, processor)`` from a local transformers folder, quietly; `MissingWeightsError` (one line) if not."""
+    try:
+        with warnings.catch_warnings(), _quiet_transformers():
+            warnings.simplefilter("ignore")
+            return model_class.from_pretrained(folder), processor_class.from_pretrained(folder)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise MissingWeightsError(f"{what}: cannot load {kind} from {str(folder)!r} ({_first_line(error)}); "
+                                  f"pass {flag} PATH or set {env}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class _quiet_transformers:
+    """Silence transformers' loading chatter (progress bars, the torchvision fallback notice) for one block."""
+
+    def __enter__(self):
+        try:
+            from transformers.utils import logging as hf_logging
+        except ImportError:  # pragma: no cover
+            self._restore = None
+            return self
+        self._hf = hf_logging
+        self._level = hf_logging.get_verbosity()
+        self._bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        return self
+
+    def __exit__(self, *exc):
+        if getattr(self, "_hf", None) is not None:
+            self._hf.set_verbosity(self._level)
+            if self._bars:
+                self._hf.enable_progress_bar()
+        return False
