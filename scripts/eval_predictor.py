@@ -248,6 +248,29 @@ def _bench(fn, device: str) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
+def _triton_cases(q, k, scale, keep):
+    """The fused Triton predictors as `sparge_attn` runs them: block statistics + block logits + selection (no
+    INT8 quantization, which every predictor shares)."""
+    from sparge_diffusers.kernels import predict, quantize
+
+    seq = q.shape[-2]
+    common = dict(seq_len_q=seq, seq_len_k=seq, block_m=BLOCK_M, block_n=BLOCK_N, scale=scale, keep_ranges=keep)
+
+    def sparge():
+        _, _, qm, qs = quantize.quant_pool_fwd(q, BLOCK_M, quantize=False)
+        _, _, km, ks = quantize.quant_pool_fwd(k, BLOCK_N, quantize=False)
+        predict.select_blocks_fwd(qm, km, qs, ks, topk=None, cdf_threshold=0.95, sim_threshold=0.6, **common)
+
+    def lse(variance_weight=1.0):
+        _, _, qm, _, qsq = quantize.quant_pool_fwd(q, BLOCK_M, quantize=False, second_moment=True)
+        logits = predict.lse_block_logits_fwd(qm, qsq, k, block_n=BLOCK_N, scale=scale,
+                                              variance_weight=variance_weight)
+        predict.select_blocks_fwd(None, None, None, None, topk=None, cdf_threshold=None, sim_threshold=None,
+                                  block_logits=logits, drop_mass=0.025, **common)
+
+    return {"sparge (Triton)": sparge, "lse (Triton)": lse, "lse-novar (Triton)": lambda: lse(0.0)}
+
+
 def timing(device: str, shapes: Sequence[str]) -> List[dict]:
     """Prediction alone (each predictor at a typical setting) against dense SDPA, same run, bf16 random inputs."""
     rows = []
@@ -280,6 +303,8 @@ def timing(device: str, shapes: Sequence[str]) -> List[dict]:
             "lse scores only": lambda: P.naive_lse_block_logits(
                 q, k, block_m=BLOCK_M, block_n=BLOCK_N, scale=scale),
         }
+        if device.startswith("cuda"):
+            cases.update(_triton_cases(q, k, scale, keep))
         for case, fn in cases.items():
             ms = _bench(fn, device)
             rows.append(dict(gpu=gpu, torch=torch.__version__, shape=name, heads=heads, seq_len=seq, head_dim=dim,

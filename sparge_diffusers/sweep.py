@@ -374,7 +374,7 @@ def finish(root, *, evaluator_notes: Sequence[str] = ()) -> dict:
     try:
         plot = plot_quality_vs_speed(summary, root / PLOT)
     except ImportError:
-        notes.append("plot skipped: matplotlib is not installed (pip install 'sparge-diffusers[metrics]')")
+        notes.append("plot skipped: matplotlib is not installed (pip install matplotlib)")
     meta = {}
     if (root / META).is_file():
         try:

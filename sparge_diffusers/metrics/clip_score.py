@@ -150,7 +150,7 @@ def clip_score(frames: np.ndarray, prompt: str, clip: LocalClip) -> float:
     try:
         from torchmetrics.multimodal.clip_score import CLIPScore
     except ImportError:
-        raise UsageError("CLIPScore needs torchmetrics: pip install 'sparge-diffusers[metrics]'") from None
+        raise UsageError("CLIPScore needs torchmetrics: pip install torchmetrics") from None
     metric = CLIPScore(model_name_or_path=lambda: (clip, clip.processor))
     images = [torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).to(clip.device) for frame in frames]
     with torch.no_grad():

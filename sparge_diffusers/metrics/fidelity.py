@@ -63,7 +63,7 @@ def ssim(frames: np.ndarray, reference: np.ndarray) -> float:
     try:
         from skimage.metrics import structural_similarity
     except ImportError:
-        raise UsageError("SSIM needs torchmetrics or scikit-image: pip install 'sparge-diffusers[metrics]'") from None
+        raise UsageError("SSIM needs torchmetrics or scikit-image: pip install torchmetrics") from None
     scores = [structural_similarity(a, b, channel_axis=-1, data_range=255, win_size=window, gaussian_weights=True,
                                     sigma=1.5, use_sample_covariance=False)
               for a, b in zip(frames, reference, strict=True)]
@@ -78,7 +78,7 @@ def ssim_status() -> Optional[str]:
             return None
         except ImportError:
             continue
-    return "SSIM skipped: it needs torchmetrics or scikit-image (pip install 'sparge-diffusers[metrics]')"
+    return "SSIM skipped: it needs torchmetrics or scikit-image (pip install torchmetrics)"
 
 
 def lpips_status(net: str = "alex") -> Optional[str]:
