@@ -92,14 +92,15 @@ def _select_blocks_fwd_kernel(
 
 @triton.jit
 def _lse_block_logits_fwd_kernel(
-    QM, QV, K, LOGITS,
+    QMEAN, QSQ, K, LOGITS,
     stride_kb, stride_kh, stride_ks, stride_kd,
-    H, NQ, NK, SK,
+    H, NQ, NK, SK, scale, variance_scale,
     BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
     VARIANCE: tl.constexpr,
 ):
-    # qm, qv: [B, H, NQ, D] in k's dtype (q̄ · scale, ½ w scale² σ²); k: [B, H, SK, D] (any strides);
-    # logits: [B, H, NQ, NK] fp32 = logsumexp over the keys c of block j of (qm_i · k_c + qv_i · k_c²).
+    # qmean, qsq: [B, H, NQ, D] fp32 per-block mean and mean of squares of q; k: [B, H, SK, D] (any strides);
+    # logits: [B, H, NQ, NK] fp32 = logsumexp over the keys c of block j of (qm_i · k_c + qv_i · k_c²) with
+    # qm = q̄ · scale and qv = ½ w scale² σ² rounded to k's dtype (as `predictors.naive_lse_block_logits`).
     pid_q = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -110,10 +111,12 @@ def _lse_block_logits_fwd_kernel(
     offs_d = tl.arange(0, D)
     q_valid = offs_q < NQ
     q_off = (pid_bh * NQ + offs_q)[:, None] * D + offs_d[None, :]
-    qm = tl.load(QM + q_off, mask=q_valid[:, None], other=0.0)  # [BLOCK_Q, D]
-    if VARIANCE:
-        qv = tl.load(QV + q_off, mask=q_valid[:, None], other=0.0)
+    mean = tl.load(QMEAN + q_off, mask=q_valid[:, None], other=0.0)  # [BLOCK_Q, D]
     k_base = K + off_b * stride_kb + off_h * stride_kh + offs_d[:, None] * stride_kd
+    qm = (mean * scale).to(K.dtype.element_ty)
+    if VARIANCE:
+        sq = tl.load(QSQ + q_off, mask=q_valid[:, None], other=0.0)
+        qv = (tl.maximum(sq - mean * mean, 0.0) * variance_scale).to(K.dtype.element_ty)
     for step in range(BLOCKS_PER_PROGRAM):
         kb = pid_n * BLOCKS_PER_PROGRAM + step
         if kb < NK:
@@ -134,7 +137,7 @@ def lse_block_logits_fwd(q_means: torch.Tensor, q_sq_means: Optional[torch.Tenso
     """Fused `predictors.naive_lse_block_logits`: ``[B, H, NQ, NK]`` fp32 without the ``[NQ, Sk]`` score matrix.
 
     Args:
-        q_means, q_sq_means: fp32 ``[B, H, NQ, D]`` per-block mean and mean of squares of q
+        q_means, q_sq_means: fp32 ``[B, H, NQ, D]`` contiguous per-block mean and mean of squares of q
             (`quantize.quant_pool_fwd` with ``second_moment=True``); ``q_sq_means`` may be None when
             ``variance_weight`` is 0.
         k: ``[B, H, Sk, D]`` (any strides).
@@ -142,17 +145,13 @@ def lse_block_logits_fwd(q_means: torch.Tensor, q_sq_means: Optional[torch.Tenso
     b, h, nq, d = q_means.shape
     sk = k.shape[2]
     nk = triton.cdiv(sk, block_n)
-    qm = (q_means * scale).to(k.dtype).contiguous()
     variance = bool(variance_weight)
-    qv = qm
-    if variance:
-        q_var = (q_sq_means - q_means * q_means).clamp_min(0.0)
-        qv = (q_var * (0.5 * variance_weight * scale * scale)).to(k.dtype).contiguous()
     logits = torch.empty((b, h, nq, nk), dtype=torch.float32, device=k.device)
     block_q = 64
     per_program = 8
     _lse_block_logits_fwd_kernel[(triton.cdiv(nq, block_q), triton.cdiv(nk, per_program), b * h)](
-        qm, qv, k, logits, *k.stride(), h, nq, nk, sk,
+        q_means, q_sq_means if variance else q_means, k, logits, *k.stride(), h, nq, nk, sk, scale,
+        0.5 * variance_weight * scale * scale,
         BLOCK_Q=block_q, BLOCK_N=block_n, D=d, BLOCKS_PER_PROGRAM=per_program, VARIANCE=variance, num_warps=4,
     )
     return logits
