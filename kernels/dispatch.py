@@ -17,6 +17,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from .reference import num_blocks
+
 KERNEL_HEAD_DIMS = (64, 128)
 
 
@@ -167,7 +169,7 @@ def sparge_attention_launch(q, k, v, scale, block_m, block_n, topk, cdf_threshol
 def _sparge_attention_fake(q, k, v, scale, block_m, block_n, topk, cdf_threshold, sim_threshold, pv_threshold,
                            precision, keep_ranges, predictor, target_error):
     b, h, sq, d = q.shape
-    nq, nk = -(-sq // block_m), -(-k.shape[2] // block_n)
+    nq, nk = num_blocks(sq, block_m), num_blocks(k.shape[2], block_n)
     out = q.new_empty((b, h, sq, d))
     return out, q.new_empty((b, h, nq, nk), dtype=torch.int32), q.new_empty((b, h, nq), dtype=torch.int32)
 
@@ -185,7 +187,7 @@ def _pv_mode(precision: str, device: torch.device) -> int:
 def padded_fp16(v: torch.Tensor, block_n: int) -> torch.Tensor:
     """FP16 copy of ``v [B, H, S, D]`` zero padded to whole key blocks: ``[B, H, S_pad, D]``."""
     b, h, s, d = v.shape
-    s_pad = -(-s // block_n) * block_n
+    s_pad = num_blocks(s, block_n) * block_n
     out = torch.empty((b, h, s_pad, d), dtype=torch.float16, device=v.device)
     out[:, :, :s].copy_(v)
     out[:, :, s:].zero_()
@@ -194,7 +196,7 @@ def padded_fp16(v: torch.Tensor, block_n: int) -> torch.Tensor:
 
 def full_lut(b: int, h: int, sq: int, sk: int, block_m: int, block_n: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
     """The kept-block list of dense attention: every key block for every query block."""
-    nq, nk = -(-sq // block_m), -(-sk // block_n)
+    nq, nk = num_blocks(sq, block_m), num_blocks(sk, block_n)
     lut = torch.arange(nk, dtype=torch.int32, device=device).expand(b, h, nq, nk).contiguous()
     counts = torch.full((b, h, nq), nk, dtype=torch.int32, device=device)
     return lut, counts

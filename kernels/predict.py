@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from .lut import lut_from_mask
+from .reference import blocks_touching
 
 __all__ = ["forced_blocks", "lut_from_mask", "select_blocks_fwd"]
 
@@ -159,12 +160,7 @@ def lse_block_logits_fwd(q_means: torch.Tensor, q_sq_means: Optional[torch.Tenso
 
 @functools.lru_cache(maxsize=256)
 def _forced_blocks_cached(ranges: Tuple[Tuple[int, int], ...], seq_len: int, block: int, device) -> torch.Tensor:
-    forced = torch.zeros(triton.cdiv(seq_len, block), dtype=torch.int8)
-    for start, end in ranges:
-        end = min(end, seq_len)
-        if end > start:
-            forced[start // block: (end - 1) // block + 1] = 1
-    return forced.to(device)
+    return blocks_touching(ranges, seq_len, block, "cpu").to(device=device, dtype=torch.int8)
 
 
 def forced_blocks(ranges: Sequence[Tuple[int, int]], seq_len: int, block: int, device) -> torch.Tensor:

@@ -34,10 +34,9 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from .reference import (
-    _block_counts,
-    blocks_touching,
+    block_token_counts,
     naive_block_mean,
-    naive_block_self_similarity,
+    naive_forced_blocks,
     naive_select_cdf,
     num_blocks,
 )
@@ -111,7 +110,7 @@ def naive_sampled_rows_block_probs(q, k, *, block_m: int, block_n: int, scale: f
     """
     sq, sk = q.shape[-2], k.shape[-2]
     nq, nk = num_blocks(sq, block_m), num_blocks(sk, block_n)
-    counts = _block_counts(sq, block_m, q.device).long()  # [NQ]
+    counts = block_token_counts(sq, block_m, q.device).long()  # [NQ]
     offsets = (torch.arange(rows, device=q.device) * 2 + 1)  # odd multiples: centres of `rows` equal parts
     index = torch.arange(nq, device=q.device)[:, None] * block_m + (offsets[None, :] * counts[:, None]) // (2 * rows)
     sample = q.float()[..., index.flatten(), :]  # [B, H, NQ*rows, D]
@@ -128,7 +127,7 @@ def naive_sparge_block_probs(q, k, *, block_m: int, block_n: int, scale: float) 
     q_mean = naive_block_mean(q, block_m)
     k_mean = naive_block_mean(k, block_n)
     logits = torch.matmul(q_mean, k_mean.transpose(-1, -2)) * scale
-    logits = logits + torch.log(_block_counts(k.shape[-2], block_n, k.device))
+    logits = logits + torch.log(block_token_counts(k.shape[-2], block_n, k.device))
     return torch.softmax(logits, dim=-1)
 
 
@@ -160,19 +159,6 @@ def select_by_drop_mass(probs: torch.Tensor, drop_mass: float, forced: Optional[
     return ~dropped
 
 
-def forced_blocks(q: torch.Tensor, k: torch.Tensor, *, block_m: int, block_n: int,
-                  keep_ranges: Sequence[Tuple[int, int]] = (), sim_threshold: Optional[float] = None,
-                  ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(forced_rows [B, H, NQ], forced_cols [B, H, NK])``: blocks touching ``keep_ranges`` or below θ."""
-    sq, sk = q.shape[-2], k.shape[-2]
-    rows = blocks_touching(keep_ranges, sq, block_m, q.device).expand(*q.shape[:2], num_blocks(sq, block_m))
-    cols = blocks_touching(keep_ranges, sk, block_n, k.device).expand(*k.shape[:2], num_blocks(sk, block_n))
-    if sim_threshold is not None:
-        rows = rows | (naive_block_self_similarity(q, block_m) < sim_threshold)
-        cols = cols | (naive_block_self_similarity(k, block_n) < sim_threshold)
-    return rows, cols
-
-
 def naive_predict_block_mask_lse(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -198,7 +184,7 @@ def naive_predict_block_mask_lse(
         raise ValueError("naive_predict_block_mask_lse needs exactly one of topk or drop_mass")
     probs = naive_lse_block_probs(q, k, block_m=block_m, block_n=block_n, scale=scale,
                                   variance_weight=variance_weight)  # [B, H, NQ, NK] fp32
-    forced_rows, forced_cols = forced_blocks(q, k, block_m=block_m, block_n=block_n, keep_ranges=keep_ranges)
+    forced_rows, forced_cols = naive_forced_blocks(q, k, block_m=block_m, block_n=block_n, keep_ranges=keep_ranges)
     forced_cols = forced_cols.unsqueeze(-2)
     if topk is not None:
         nk = probs.shape[-1]
@@ -273,7 +259,7 @@ class MaskSweep:
             valid = (torch.arange(i0 * block_m, i1 * block_m, device=q.device) < sq).view(nb, block_m, 1)
             self.ref_abs += float((ref.abs() * valid).sum())
             # exact block mass of this chunk's query blocks
-            counts = _block_counts(sq, block_m, q.device)[i0:i1]
+            counts = block_token_counts(sq, block_m, q.device)[i0:i1]
             mass = ((z / z_total[:, None]).view(nb, block_m, nk) * valid).sum(1) / counts[:, None]  # [nb, NK]
             if mass_out is not None:
                 mass_out[i0:i1] = mass
@@ -333,7 +319,6 @@ __all__ = [
     "DROP_MASS_PER_ERROR",
     "MaskSweep",
     "best_sparsity",
-    "forced_blocks",
     "masked_attention_rel_l1",
     "naive_lse_block_logits",
     "naive_lse_block_probs",

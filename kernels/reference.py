@@ -54,7 +54,7 @@ def _split_blocks(x: torch.Tensor, block: int) -> Tuple[torch.Tensor, torch.Tens
     return padded.unflatten(-2, (nb, block)), valid
 
 
-def _block_counts(seq_len: int, block: int, device) -> torch.Tensor:
+def block_token_counts(seq_len: int, block: int, device=None) -> torch.Tensor:
     """Tokens per block, float ``[NB]``."""
     starts = torch.arange(0, seq_len, block, device=device)
     return torch.clamp(seq_len - starts, max=block).float()
@@ -63,7 +63,7 @@ def _block_counts(seq_len: int, block: int, device) -> torch.Tensor:
 def naive_block_mean(x: torch.Tensor, block: int) -> torch.Tensor:
     """Mean token of each block over its valid tokens: ``[B, H, S, D] -> [B, H, NB, D]`` (fp32)."""
     blocks, _ = _split_blocks(x.float(), block)
-    return blocks.sum(dim=-2) / _block_counts(x.shape[-2], block, x.device)[:, None]
+    return blocks.sum(dim=-2) / block_token_counts(x.shape[-2], block, x.device)[:, None]
 
 
 def naive_block_self_similarity(x: torch.Tensor, block: int) -> torch.Tensor:
@@ -74,7 +74,7 @@ def naive_block_self_similarity(x: torch.Tensor, block: int) -> torch.Tensor:
     """
     unit = x.float() / x.float().norm(dim=-1, keepdim=True).clamp_min(_EPS)
     blocks, _ = _split_blocks(unit, block)
-    counts = _block_counts(x.shape[-2], block, x.device)
+    counts = block_token_counts(x.shape[-2], block, x.device)
     return blocks.sum(dim=-2).pow(2).sum(dim=-1) / counts.pow(2)
 
 
@@ -85,7 +85,7 @@ def naive_pooled_scores(q: torch.Tensor, k: torch.Tensor, block_m: int, block_n:
     for full blocks it is a constant and changes nothing.
     """
     logits = torch.matmul(naive_block_mean(q, block_m), naive_block_mean(k, block_n).transpose(-1, -2)) * scale
-    return logits + torch.log(_block_counts(k.shape[-2], block_n, k.device))
+    return logits + torch.log(block_token_counts(k.shape[-2], block_n, k.device))
 
 
 def blocks_touching(ranges: Sequence[Tuple[int, int]], seq_len: int, block: int, device) -> torch.Tensor:
@@ -135,6 +135,19 @@ def naive_select_cdf(probs: torch.Tensor, cdf_threshold: float) -> torch.Tensor:
     return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
 
 
+def naive_forced_blocks(q: torch.Tensor, k: torch.Tensor, *, block_m: int, block_n: int,
+                        keep_ranges: Sequence[Tuple[int, int]] = (), sim_threshold: Optional[float] = None,
+                        ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(forced_rows [B, H, NQ], forced_cols [B, H, NK])``: blocks touching ``keep_ranges`` or below θ."""
+    sq, sk = q.shape[-2], k.shape[-2]
+    rows = blocks_touching(keep_ranges, sq, block_m, q.device).expand(*q.shape[:2], num_blocks(sq, block_m))
+    cols = blocks_touching(keep_ranges, sk, block_n, k.device).expand(*k.shape[:2], num_blocks(sk, block_n))
+    if sim_threshold is not None:
+        rows = rows | (naive_block_self_similarity(q, block_m) < sim_threshold)
+        cols = cols | (naive_block_self_similarity(k, block_n) < sim_threshold)
+    return rows, cols
+
+
 def naive_predict_block_mask(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -156,13 +169,9 @@ def naive_predict_block_mask(
     """
     if topk is None and cdf_threshold is None:
         raise ValueError("naive_predict_block_mask needs topk or cdf_threshold")
-    sq, sk = q.shape[-2], k.shape[-2]
-    nk = num_blocks(sk, block_n)
-    forced_cols = blocks_touching(keep_ranges, sk, block_n, k.device).expand(*k.shape[:2], nk)
-    forced_rows = blocks_touching(keep_ranges, sq, block_m, q.device).expand(*q.shape[:2], num_blocks(sq, block_m))
-    if sim_threshold is not None:
-        forced_cols = forced_cols | (naive_block_self_similarity(k, block_n) < sim_threshold)
-        forced_rows = forced_rows | (naive_block_self_similarity(q, block_m) < sim_threshold)
+    nk = num_blocks(k.shape[-2], block_n)
+    forced_rows, forced_cols = naive_forced_blocks(q, k, block_m=block_m, block_n=block_n, keep_ranges=keep_ranges,
+                                                   sim_threshold=sim_threshold)
 
     logits = naive_pooled_scores(q, k, block_m, block_n, scale)
     logits = logits.masked_fill(forced_cols.unsqueeze(-2), float("-inf"))
@@ -186,7 +195,7 @@ def naive_block_mass(q: torch.Tensor, k: torch.Tensor, block_m: int, block_n: in
     nq, nk = num_blocks(q.shape[-2], block_m), num_blocks(k.shape[-2], block_n)
     probs = torch.nn.functional.pad(probs, (0, nk * block_n - k.shape[-2], 0, nq * block_m - q.shape[-2]))
     mass = probs.unflatten(-1, (nk, block_n)).sum(-1).unflatten(-2, (nq, block_m)).sum(-2)
-    return mass / _block_counts(q.shape[-2], block_m, q.device)[:, None]
+    return mass / block_token_counts(q.shape[-2], block_m, q.device)[:, None]
 
 
 def naive_ideal_block_mask(q: torch.Tensor, k: torch.Tensor, *, block_m: int, block_n: int, scale: float,
@@ -399,6 +408,7 @@ def cosine_similarity(out: torch.Tensor, ref: torch.Tensor) -> float:
 __all__ = [
     "FP8_E4M3_MAX",
     "INT8_MAX",
+    "block_token_counts",
     "blocks_touching",
     "cosine_similarity",
     "naive_attention",
@@ -406,6 +416,7 @@ __all__ = [
     "naive_block_mean",
     "naive_block_self_similarity",
     "naive_block_sparse_attention",
+    "naive_forced_blocks",
     "naive_ideal_block_mask",
     "naive_pooled_scores",
     "naive_predict_block_mask",

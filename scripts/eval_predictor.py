@@ -71,7 +71,7 @@ def predictor_sweeps(error_budgets: Sequence[float]) -> Dict[str, Tuple[str, Seq
     def rows(n):
         def fn(q, k, scale, keep, value):
             probs = P.naive_sampled_rows_block_probs(q, k, block_m=BLOCK_M, block_n=BLOCK_N, scale=scale, rows=n)
-            forced_rows, forced_cols = P.forced_blocks(q, k, block_m=BLOCK_M, block_n=BLOCK_N, keep_ranges=keep)
+            forced_rows, forced_cols = R.naive_forced_blocks(q, k, block_m=BLOCK_M, block_n=BLOCK_N, keep_ranges=keep)
             forced_cols = forced_cols.unsqueeze(-2).expand_as(probs)
             return P.select_by_drop_mass(probs, value, forced_cols) | forced_cols | forced_rows.unsqueeze(-1)
         return fn
@@ -113,7 +113,7 @@ def evaluate(geometry: str, order: str, variant: str, heads: Sequence[int], pred
         stacked = torch.stack(masks) if masks else torch.zeros(0, 1, 1, dtype=torch.bool)
         forced = None
         if ideal_keeps_text:
-            rows_forced, cols_forced = P.forced_blocks(q, k, block_m=BLOCK_M, block_n=BLOCK_N, keep_ranges=keep)
+            rows_forced, cols_forced = R.naive_forced_blocks(q, k, block_m=BLOCK_M, block_n=BLOCK_N, keep_ranges=keep)
             forced = (rows_forced[0, 0], cols_forced[0, 0])
         sweep.add_head(q[0, 0], k[0, 0], v[0, 0], stacked, block_m=BLOCK_M, block_n=BLOCK_N, scale=scale,
                        ideal_forced=forced)

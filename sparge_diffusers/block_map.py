@@ -14,6 +14,8 @@ from typing import Tuple
 
 import torch
 
+from .kernels.reference import block_token_counts, num_blocks
+
 
 @dataclass(frozen=True)
 class BlockMap:
@@ -34,7 +36,7 @@ class BlockMap:
     def __post_init__(self) -> None:
         if self.mask.dtype != torch.bool or self.mask.dim() != 4:
             raise ValueError(f"mask must be a bool [B, H, NQ, NK] tensor, got {self.mask.dtype} {tuple(self.mask.shape)}")
-        expected = (-(-self.seq_len_q // self.block_m), -(-self.seq_len_k // self.block_n))
+        expected = (num_blocks(self.seq_len_q, self.block_m), num_blocks(self.seq_len_k, self.block_n))
         if tuple(self.mask.shape[-2:]) != expected:
             raise ValueError(
                 f"mask has {tuple(self.mask.shape[-2:])} blocks but seq_len_q={self.seq_len_q}, "
@@ -59,8 +61,8 @@ class BlockMap:
 
     def token_sparsity(self) -> float:
         """Fraction of skipped query-key token pairs: like `sparsity` but weighting partial last blocks by size."""
-        rows = _block_sizes(self.seq_len_q, self.block_m, self.mask.device)
-        cols = _block_sizes(self.seq_len_k, self.block_n, self.mask.device)
+        rows = block_token_counts(self.seq_len_q, self.block_m, self.mask.device)
+        cols = block_token_counts(self.seq_len_k, self.block_n, self.mask.device)
         kept = (self.mask.float() * rows[:, None] * cols[None, :]).sum(dim=(-2, -1))
         return float(1.0 - kept.mean() / (self.seq_len_q * self.seq_len_k))
 
@@ -85,7 +87,7 @@ class BlockMap:
     def full(cls, batch: int, heads: int, seq_len_q: int, seq_len_k: int, block_m: int, block_n: int,
              device=None) -> "BlockMap":
         """A map that keeps every block (dense attention)."""
-        shape = (batch, heads, -(-seq_len_q // block_m), -(-seq_len_k // block_n))
+        shape = (batch, heads, num_blocks(seq_len_q, block_m), num_blocks(seq_len_k, block_n))
         return cls(torch.ones(shape, dtype=torch.bool, device=device), block_m, block_n, seq_len_q, seq_len_k)
 
     def __repr__(self) -> str:
@@ -94,11 +96,6 @@ class BlockMap:
             f"BlockMap(batch={b}, heads={h}, query_blocks={nq}x{self.block_m}, key_blocks={nk}x{self.block_n}, "
             f"seq_len=({self.seq_len_q}, {self.seq_len_k}), sparsity={self.sparsity():.3f})"
         )
-
-
-def _block_sizes(seq_len: int, block: int, device) -> torch.Tensor:
-    starts = torch.arange(0, seq_len, block, device=device)
-    return (torch.clamp(seq_len - starts, max=block)).float()
 
 
 def block_mask_from_lut(lut: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
