@@ -60,16 +60,22 @@ def validate_shape(shape: Sequence[int], name: str = "shape") -> tuple[int, ...]
         )
     sizes = []
     for axis, size in enumerate(shape):
-        if isinstance(size, bool):
-            raise ValueError(f"{name}[{axis}] must be a positive integer, got {size!r}")
-        try:
-            value = operator.index(size)
-        except TypeError:
-            raise ValueError(f"{name}[{axis}] must be a positive integer, got {size!r}") from None
-        if value < 1:
-            raise ValueError(f"{name}[{axis}] must be a positive integer, got {value}")
-        sizes.append(value)
+        sizes.append(checked_int(size, f"{name}[{axis}]", minimum=1))
     return tuple(sizes)
+
+
+def checked_int(value, name: str, minimum: int) -> int:
+    """``value`` as an int ``>= minimum`` (0 or 1); a ValueError naming ``name`` otherwise (bools are refused)."""
+    kind = "positive" if minimum == 1 else "non-negative"
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a {kind} integer, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a {kind} integer, got {value!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be a {kind} integer, got {value}")
+    return value
 
 
 def hilbert_order(shape: Sequence[int]) -> torch.Tensor:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .curve import hilbert_order, validate_shape
+from .curve import checked_int, hilbert_order, validate_shape
 
 __all__ = ["KINDS", "BlockLocality", "TokenPermutation", "block_locality"]
 
@@ -77,11 +76,11 @@ class TokenPermutation:
         grid = validate_shape(grid, "grid")
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        offset = _non_negative_int(offset, "offset")
+        offset = checked_int(offset, "offset", minimum=0)
         n = math.prod(grid)
         if total_len is None:
             total_len = offset + n
-        total_len = _non_negative_int(total_len, "total_len")
+        total_len = checked_int(total_len, "total_len", minimum=0)
         if total_len < offset + n:
             raise ValueError(
                 f"total_len must be at least offset + prod(grid) = {offset} + {n} = {offset + n}, got {total_len}"
@@ -147,18 +146,6 @@ def _cached_permutation(
     inverse = torch.empty_like(forward)
     inverse[forward] = torch.arange(total_len, dtype=torch.long)
     return TokenPermutation(grid, kind, offset, total_len, forward.to(device), inverse.to(device))
-
-
-def _non_negative_int(value: int, name: str) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}") from None
-    if value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value}")
-    return value
 
 
 @dataclass(frozen=True)

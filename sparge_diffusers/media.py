@@ -122,12 +122,7 @@ def check_writable(path: PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"cannot write {str(path)!r}: it is a directory")
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UsageError(f"cannot write {str(path)!r}: {str(ancestor)!r} is not a directory")
-    _probe_directory(ancestor, path)
+    _probe_directory(_existing_ancestor(path.parent, f"cannot write {str(path)!r}"), path)
     return path
 
 
@@ -136,13 +131,18 @@ def check_writable_dir(directory: PathLike) -> Path:
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"cannot write to {str(directory)!r}: it is a file, not a directory")
-    ancestor = directory
+    _probe_directory(_existing_ancestor(directory, f"cannot write to {str(directory)!r}"), directory)
+    return directory
+
+
+def _existing_ancestor(path: Path, failure: str) -> Path:
+    """The nearest existing folder at or above ``path``; `UsageError` (``failure: ...``) if it is not a folder."""
+    ancestor = path
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise UsageError(f"cannot write to {str(directory)!r}: {str(ancestor)!r} is not a directory")
-    _probe_directory(ancestor, directory)
-    return directory
+        raise UsageError(f"{failure}: {str(ancestor)!r} is not a directory")
+    return ancestor
 
 
 def _probe_directory(directory: Path, target: Path) -> None:

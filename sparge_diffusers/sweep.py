@@ -270,6 +270,17 @@ def run_sweep(prompts: Sequence[str], configs: Sequence[SpargeConfig], out_dir, 
         for p, s, lab in todo:
             by_pair.setdefault((p, s), []).append(lab)
         config_of = {config_label(c): c for c in configs}
+
+        def record(row, prompt, seed, label, result, rows):
+            """Save the media (when asked), add the row to this rank's CSV on disk, advance the bar."""
+            nonlocal rendered
+            if save_media:
+                row["media"] = str(write_media(paths.media(prompt, seed, label), result.frames)["path"])
+            rows = merge_rows(rows, [row])
+            write_rows(paths.shard, rows)
+            rendered += 1
+            bar.update(1)
+            return rows
         for (prompt, seed), pair_labels in by_pair.items():
             run_settings = RenderSettings(**{**settings.to_dict(), "seed": seed})
             dense_row = done.get((prompt, str(seed), DENSE_LABEL))
@@ -282,26 +293,16 @@ def run_sweep(prompts: Sequence[str], configs: Sequence[SpargeConfig], out_dir, 
                 dense_frames, dense_seconds = result.frames, result.seconds
                 _save_frames(dense_path, dense_frames)
                 if DENSE_LABEL in pair_labels:
-                    row = _render_row(prompt, seed, DENSE_LABEL, None, result, evaluator, None, None, rank)
-                    if save_media:
-                        row["media"] = str(write_media(paths.media(prompt, seed, DENSE_LABEL), result.frames)["path"])
-                    shard_rows = merge_rows(shard_rows, [row])
-                    write_rows(paths.shard, shard_rows)
-                    rendered += 1
-                    bar.update(1)
+                    shard_rows = record(_render_row(prompt, seed, DENSE_LABEL, None, result, evaluator, None, None,
+                                                    rank), prompt, seed, DENSE_LABEL, result, shard_rows)
             for label in pair_labels:
                 if label == DENSE_LABEL:
                     continue
                 bar.set_description(f"{prompt[:24]} {label.split()[0]}")
                 result = render(loaded, prompt, run_settings, config_of[label], warmup=warmup)
-                row = _render_row(prompt, seed, label, config_of[label], result, evaluator, dense_frames,
-                                  dense_seconds, rank)
-                if save_media:
-                    row["media"] = str(write_media(paths.media(prompt, seed, label), result.frames)["path"])
-                shard_rows = merge_rows(shard_rows, [row])
-                write_rows(paths.shard, shard_rows)
-                rendered += 1
-                bar.update(1)
+                shard_rows = record(_render_row(prompt, seed, label, config_of[label], result, evaluator,
+                                                dense_frames, dense_seconds, rank),
+                                    prompt, seed, label, result, shard_rows)
         bar.close()
     out = {"rendered": rendered, "skipped": skipped, "results": None, "plot": None, "report": None}
     if world > 1:
