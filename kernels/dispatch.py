@@ -1,10 +1,11 @@
 """The fused Triton path of `sparge_attn`: availability check, launch sequence and the ``torch.library`` op.
 
 Launch sequence for one call (q, k, v ``[B, H, S, D]``, any strides):
-    1. `quantize.quant_pool_fwd` on Q and on K: INT8 values + scales, block means, self-similarities (one pass each);
-    2. `quantize.quant_v_fp8_fwd` (FP8, transposed) or an FP16 copy of V, per precision;
-    3. `predict.select_blocks_fwd`: pooled scores (one small matmul) and the kept-block list;
-    4. `block_sparse_attn.block_sparse_attn_fwd`.
+    1. `quantize.prepare_fwd` (three launches): INT8 Q and K, FP8 V (transposed; an FP16 copy of V on GPUs without
+       FP8), and the predictor's block statistics (pooled means and self-similarities, or the "lse" block
+       log-masses);
+    2. `predict.select_blocks_fwd`: the kept-block list (after one small matmul of the pooled means for "sparge");
+    3. `block_sparse_attn.block_sparse_attn_fwd`.
 The whole sequence is registered as the custom op ``sparge_diffusers::sparge_attention`` with a fake (meta)
 implementation, so ``torch.compile`` traces through it without a graph break.
 """
@@ -111,8 +112,8 @@ def sparge_attention_launch(q, k, v, scale, block_m, block_n, topk, cdf_threshol
 
     Selection follows `reference.naive_sparge_attention`: ``target_error`` (ε) replaces ``topk`` / ``cdf_threshold``
     (``τ = 1 − ε · DROP_MASS_PER_ERROR``; ``"lse"`` drops a predicted mass ``δ = 1 − τ``). Both predictors run in
-    Triton: ``"sparge"`` as pooled scores + `predict.select_blocks_fwd`, ``"lse"`` as `predict.lse_block_logits_fwd`
-    (ground truth `predictors.naive_lse_block_logits`) + the same selection kernel.
+    Triton: ``"sparge"`` as pooled scores + `predict.select_blocks_fwd`, ``"lse"`` as the block log-masses of
+    `quantize.prepare_fwd` (ground truth `predictors.naive_lse_block_logits`) + the same selection kernel.
     """
     quantize, predict, attn = _kernel_modules()
     ranges = list(zip(keep_ranges[0::2], keep_ranges[1::2]))
@@ -130,38 +131,35 @@ def sparge_attention_launch(q, k, v, scale, block_m, block_n, topk, cdf_threshol
     if predictor not in ("sparge", "lse", "full"):
         raise ValueError(f"predictor must be 'sparge', 'lse' or 'full', got {predictor!r}")
     quantized = precision != "bf16"
-    use_lse = predictor == "lse" and not keeps_all
-    use_pooled = predictor == "sparge" and not keeps_all
-    q_int8, q_scale, q_means, q_sims, *q_sq_means = quantize.quant_pool_fwd(
-        q, block_m, scale_mult=scale * attn.LOG2E, quantize=quantized, pool=use_pooled or use_lse,
-        second_moment=use_lse)
-    k_int8, k_scale, k_means, k_sims = quantize.quant_pool_fwd(
-        k, block_n, smooth=True, quantize=quantized, pool=use_pooled)
+    pv_mode = _pv_mode(precision, q.device)
+    use_fp8 = quantized and pv_mode == attn.PV_FP8
+    stats = "none" if keeps_all else ("lse" if predictor == "lse" else "pooled")
+    prepared = quantize.prepare_fwd(q, k, v, block_m=block_m, block_n=block_n, quantize_qk=quantized, v_fp8=use_fp8,
+                                    stats=stats, q_scale_mult=scale * attn.LOG2E, softmax_scale=scale)
     selection = dict(seq_len_q=sq, seq_len_k=sk, block_m=block_m, block_n=block_n, scale=scale, topk=topk,
                      keep_ranges=ranges)
     if keeps_all:
         lut, counts = full_lut(b, h, sq, sk, block_m, block_n, q.device)
-    elif use_pooled:
-        lut, counts = predict.select_blocks_fwd(q_means, k_means, q_sims, k_sims, cdf_threshold=cdf_threshold,
-                                                sim_threshold=sim_threshold, **selection)
+    elif stats == "pooled":
+        lut, counts = predict.select_blocks_fwd(prepared.q_means, prepared.k_means, prepared.q_sims, prepared.k_sims,
+                                                cdf_threshold=cdf_threshold, sim_threshold=sim_threshold, **selection)
     else:
-        logits = predict.lse_block_logits_fwd(q_means, q_sq_means[0], k, block_n=block_n, scale=scale)
         lut, counts = predict.select_blocks_fwd(None, None, None, None, cdf_threshold=None, sim_threshold=None,
-                                                block_logits=logits, drop_mass=drop_mass, **selection)
+                                                block_logits=prepared.block_logits, drop_mass=drop_mass, **selection)
 
     out = torch.empty((b, h, sq, d), dtype=q.dtype, device=q.device)
-    pv_mode = _pv_mode(precision, q.device)
     kwargs = dict(seq_len_q=sq, seq_len_k=sk, block_m=block_m, block_n=block_n, pv_mode=pv_mode,
                   softmax_scale=scale, pv_threshold=pv_threshold)
     if not quantized:
         attn.block_sparse_attn_fwd(q, k, v, lut, counts, out, **kwargs)
-    elif pv_mode == attn.PV_FP8:
-        v_fp8, v_scale = quantize.quant_v_fp8_fwd(v, block_n)
-        attn.block_sparse_attn_fwd(q_int8, k_int8, v_fp8, lut, counts, out, q_scale=q_scale, k_scale=k_scale,
-                                   v_scale=v_scale, v_transposed=True, **kwargs)
+        return out, lut, counts
+    quantized_qk = dict(q_scale=prepared.q_scale, k_scale=prepared.k_scale, **kwargs)
+    if use_fp8:
+        attn.block_sparse_attn_fwd(prepared.q_int8, prepared.k_int8, prepared.v_fp8, lut, counts, out,
+                                   v_scale=prepared.v_scale, v_transposed=True, **quantized_qk)
     else:
-        attn.block_sparse_attn_fwd(q_int8, k_int8, padded_fp16(v, block_n), lut, counts, out, q_scale=q_scale,
-                                   k_scale=k_scale, **kwargs)
+        attn.block_sparse_attn_fwd(prepared.q_int8, prepared.k_int8, padded_fp16(v, block_n), lut, counts, out,
+                                   **quantized_qk)
     return out, lut, counts
 
 

@@ -1,10 +1,11 @@
 """Stage-1 block selection: from pooled scores to a compact list of kept key blocks per query block.
 
-One program per (batch·head, query block) reads the row of pooled logits ``q̄ᵢ k̄ⱼᵀ`` (a small batched matmul of
-the block means produced by `quantize.quant_pool_fwd`), applies the softmax over key blocks, the self-similarity
-test θ and the always-kept ranges, selects by top-k or TopCdf τ (SpargeAttn, arXiv 2502.18137, Sec. 3.2) with a
-bitonic sort in registers, and writes the kept indices in ascending order. Ground truth:
-`reference.naive_predict_block_mask`.
+One program per (batch·head, query block) reads a row of block logits: pooled ``q̄ᵢ k̄ⱼᵀ`` (a small batched matmul
+of the block means from `quantize.prepare_fwd`) or the "lse" block log-masses that `quantize.prepare_fwd` computes.
+It applies the softmax over key blocks, the self-similarity test θ and the always-kept ranges, selects by top-k,
+TopCdf τ (SpargeAttn, arXiv 2502.18137, Sec. 3.2) or a dropped-mass budget with a bitonic sort in registers, and
+writes the kept indices in ascending order. Ground truth: `reference.naive_predict_block_mask`,
+`predictors.naive_predict_block_mask_lse`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import triton.language as tl
 from .lut import lut_from_mask
 from .reference import blocks_touching
 
-__all__ = ["forced_blocks", "lut_from_mask", "select_blocks_fwd"]
+__all__ = ["forced_blocks", "lse_block_logits_fwd", "lut_from_mask", "select_blocks_fwd"]
 
 
 @triton.jit
@@ -93,15 +94,15 @@ def _select_blocks_fwd_kernel(
 
 @triton.jit
 def _lse_block_logits_fwd_kernel(
-    QMEAN, QSQ, K, LOGITS,
+    QM, QV, K, LOGITS,
     stride_kb, stride_kh, stride_ks, stride_kd,
-    H, NQ, NK, SK, scale, variance_scale,
+    H, NQ, NK, SK,
     BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
     VARIANCE: tl.constexpr,
 ):
-    # qmean, qsq: [B, H, NQ, D] fp32 per-block mean and mean of squares of q; k: [B, H, SK, D] (any strides);
-    # logits: [B, H, NQ, NK] fp32 = logsumexp over the keys c of block j of (qm_i · k_c + qv_i · k_c²) with
-    # qm = q̄ · scale and qv = ½ w scale² σ² rounded to k's dtype (as `predictors.naive_lse_block_logits`).
+    # qm, qv: [B, H, NQ, D] in k's dtype: q̄ · scale and ½ w scale² σ² per query block; k: [B, H, SK, D] (any
+    # strides); logits: [B, H, NQ, NK] fp32 = logsumexp over the keys c of block j of (qm_i · k_c + qv_i · k_c²)
+    # (as `predictors.naive_lse_block_logits`).
     pid_q = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -112,12 +113,10 @@ def _lse_block_logits_fwd_kernel(
     offs_d = tl.arange(0, D)
     q_valid = offs_q < NQ
     q_off = (pid_bh * NQ + offs_q)[:, None] * D + offs_d[None, :]
-    mean = tl.load(QMEAN + q_off, mask=q_valid[:, None], other=0.0)  # [BLOCK_Q, D]
-    k_base = K + off_b * stride_kb + off_h * stride_kh + offs_d[:, None] * stride_kd
-    qm = (mean * scale).to(K.dtype.element_ty)
+    qm = tl.load(QM + q_off, mask=q_valid[:, None], other=0.0)  # [BLOCK_Q, D]
     if VARIANCE:
-        sq = tl.load(QSQ + q_off, mask=q_valid[:, None], other=0.0)
-        qv = (tl.maximum(sq - mean * mean, 0.0) * variance_scale).to(K.dtype.element_ty)
+        qv = tl.load(QV + q_off, mask=q_valid[:, None], other=0.0)
+    k_base = K + off_b * stride_kb + off_h * stride_kh + offs_d[:, None] * stride_kd
     for step in range(BLOCKS_PER_PROGRAM):
         kb = pid_n * BLOCKS_PER_PROGRAM + step
         if kb < NK:
@@ -126,33 +125,31 @@ def _lse_block_logits_fwd_kernel(
             s = tl.dot(qm, k)  # [BLOCK_Q, BLOCK_N]
             if VARIANCE:
                 k32 = k.to(tl.float32)
-                s += tl.dot(qv, (k32 * k32).to(k.dtype))
+                s = tl.dot(qv, (k32 * k32).to(k.dtype), s)
             s = tl.where((cols < SK)[None, :], s, float("-inf"))
             row_max = tl.max(s, 1)
             lse = row_max + tl.log(tl.sum(tl.exp(s - row_max[:, None]), 1))
             tl.store(LOGITS + (pid_bh * NQ + offs_q) * NK + kb, lse, mask=q_valid)
 
 
-def lse_block_logits_fwd(q_means: torch.Tensor, q_sq_means: Optional[torch.Tensor], k: torch.Tensor, *,
-                         block_n: int, scale: float, variance_weight: float = 1.0) -> torch.Tensor:
+def lse_block_logits_fwd(q_lse_mean: torch.Tensor, q_lse_var: Optional[torch.Tensor], k: torch.Tensor, *,
+                         block_n: int) -> torch.Tensor:
     """Fused `predictors.naive_lse_block_logits`: ``[B, H, NQ, NK]`` fp32 without the ``[NQ, Sk]`` score matrix.
 
     Args:
-        q_means, q_sq_means: fp32 ``[B, H, NQ, D]`` contiguous per-block mean and mean of squares of q
-            (`quantize.quant_pool_fwd` with ``second_moment=True``); ``q_sq_means`` may be None when
-            ``variance_weight`` is 0.
+        q_lse_mean, q_lse_var: ``[B, H, NQ, D]`` contiguous in k's dtype, ``q̄ · scale`` and ``½ w scale² σ²`` per
+            query block (`quantize.prepare_fwd` writes them); ``q_lse_var`` None leaves out the variance term.
         k: ``[B, H, Sk, D]`` (any strides).
     """
-    b, h, nq, d = q_means.shape
+    b, h, nq, d = q_lse_mean.shape
     sk = k.shape[2]
     nk = triton.cdiv(sk, block_n)
-    variance = bool(variance_weight)
+    variance = q_lse_var is not None
     logits = torch.empty((b, h, nq, nk), dtype=torch.float32, device=k.device)
     block_q = 64
-    per_program = 8
+    per_program = 4 if nk <= 128 else 16  # measured on an H200: short sequences want more programs, long ones fewer
     _lse_block_logits_fwd_kernel[(triton.cdiv(nq, block_q), triton.cdiv(nk, per_program), b * h)](
-        q_means, q_sq_means if variance else q_means, k, logits, *k.stride(), h, nq, nk, sk, scale,
-        0.5 * variance_weight * scale * scale,
+        q_lse_mean, q_lse_var if variance else q_lse_mean, k, logits, *k.stride(), h, nq, nk, sk,
         BLOCK_Q=block_q, BLOCK_N=block_n, D=d, BLOCKS_PER_PROGRAM=per_program, VARIANCE=variance, num_warps=4,
     )
     return logits
@@ -192,8 +189,8 @@ def select_blocks_fwd(
         q_means, k_means: fp32 ``[B, H, NQ, D]``, ``[B, H, NK, D]`` block means (the paper's pooled scores), or None
             with ``block_logits``.
         q_sims, k_sims: fp32 ``[B, H, NQ]``, ``[B, H, NK]`` block self-similarities (used with θ).
-        block_logits: fp32 ``[B, H, NQ, NK]`` finished block log-masses (`lse_block_logits_fwd`); their softmax runs
-            over all blocks, forced ones included.
+        block_logits: fp32 ``[B, H, NQ, NK]`` finished block log-masses (`quantize.prepare_fwd` with
+            ``stats="lse"``); their softmax runs over all blocks, forced ones included.
         drop_mass: δ, with ``block_logits`` and ``topk=None``: drop the least massive non-forced blocks while their
             mass stays <= δ (`predictors.select_by_drop_mass`).
     Returns:

@@ -1,150 +1,287 @@
-"""One pass over Q or K: per-block INT8 quantization fused with the stage-1 block statistics.
+"""Everything attention needs before its main loop: quantization and the predictor's block statistics.
 
-For each block of ``BLOCK`` tokens the kernel reads the tile once and writes the INT8 values, the per-block scale,
-the mean token and the self-similarity (SpargeAttn, arXiv 2502.18137, Sec. 3.2; INT8 per block with K smoothing
-after SageAttention, arXiv 2410.02367). A second kernel quantizes V to FP8 e4m3 with a per-channel scale and stores
-it transposed (``[B, H, D, S]``) so that the P·V product reads V K-major, as Hopper's FP8 tensor cores require.
-Ground truth: `reference.naive_quantize_int8`, `reference.naive_block_mean`, `reference.naive_block_self_similarity`,
-`reference.naive_quantize_v_fp8`.
+`prepare_fwd` reads Q, K and V twice at most and produces, as asked:
+    * Q in INT8 with one scale per query block, and per-block means / self-similarities;
+    * K in INT8 with one scale per key block after subtracting the per-channel token mean (K smoothing, which leaves
+      every softmax row unchanged), and per-block means / self-similarities;
+    * V in FP8 e4m3 with a per-channel scale, stored transposed (``[B, H, D, S_pad]``) so that P·V reads it
+      K-major as Hopper's FP8 tensor cores require;
+    * the "lse" predictor's block log-masses (`predict.lse_block_logits_fwd`).
+
+Launch 1 (one program per key block) handles the query block of the same index (INT8, pooled statistics, the "lse"
+operands q̄ · scale and ½ w scale² σ²) and records each key block's mean and each value block's channel maxima;
+launch 2 reduces those records to the per-(batch, head) K shift and V scale (a fixed-order sum, so results do not
+depend on scheduling); launch 3 (one program per key block) quantizes K and V; with "lse" a fourth launch scores
+the key blocks against the query-block operands. Papers: INT8 per block with K smoothing after SageAttention
+(arXiv 2410.02367); FP8 V with a per-channel scale after SageAttention2 (arXiv 2411.10958); block means and
+self-similarity after SpargeAttn (arXiv 2502.18137, Sec. 3.2). Ground truth: `reference.naive_quantize_int8`,
+`reference.naive_block_mean`, `reference.naive_block_self_similarity`, `reference.naive_quantize_v_fp8`,
+`predictors.naive_lse_block_logits`.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import functools
+from typing import NamedTuple, Optional
 
 import torch
 import triton
 import triton.language as tl
 
+from .predict import lse_block_logits_fwd
+
 FP8_E4M3_MAX = 448.0
+STATS = ("none", "pooled", "lse")
 
 
 @triton.jit
-def _quant_pool_fwd_kernel(
-    X, X_INT8, SCALE, MEAN, SIM, SHIFT, SQ_MEAN,
-    stride_xb, stride_xh, stride_xs, stride_xd,
-    H, S, NB, scale_mult,
-    BLOCK: tl.constexpr, D: tl.constexpr, SMOOTH: tl.constexpr, QUANTIZE: tl.constexpr, POOL: tl.constexpr,
-    SECOND_MOMENT: tl.constexpr,
+def _store_block_stats(x, n, MEAN, SIM, stat_off, offs_d, D: tl.constexpr):
+    # x: [BLOCK, D] fp32 (rows past the sequence end are 0); n: valid rows
+    tl.store(MEAN + stat_off * D + offs_d, tl.sum(x, axis=0) / n)
+    inv_norms = tl.math.rsqrt(tl.maximum(tl.sum(x * x, axis=1), 1e-24))  # [BLOCK]
+    unit_sum = tl.sum(x * inv_norms[:, None], axis=0)  # [D]
+    tl.store(SIM + stat_off, tl.sum(unit_sum * unit_sum, axis=0) / (n * n))
+
+
+@triton.jit
+def _store_int8(x, OUT, SCALE, out_off, stat_off, offs_s, offs_d, scale_mult, D: tl.constexpr):
+    # x: [BLOCK, D] fp32, zero past the sequence end; one scale for the block
+    amax = tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0), 1e-12)
+    rounded = x * (127.0 / amax)
+    rounded = rounded + tl.where(rounded >= 0, 0.5, -0.5)
+    tl.store(OUT + out_off + offs_s[:, None] * D + offs_d[None, :], rounded.to(tl.int8))
+    tl.store(SCALE + stat_off, amax / 127.0 * scale_mult)
+
+
+@triton.jit
+def _first_pass_kernel(
+    Q, K, V, Q_INT8, Q_SCALE, Q_MEAN, Q_SIM, Q_LSE_MEAN, Q_LSE_VAR, K_MEAN, K_SIM, V_AMAX,
+    stride_qb, stride_qh, stride_qs, stride_qd,
+    stride_kb, stride_kh, stride_ks, stride_kd,
+    stride_vb, stride_vh, stride_vs, stride_vd,
+    H, SQ, SK, NQ, NK, q_scale_mult, lse_mean_scale, lse_var_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+    QUANTIZE_Q: tl.constexpr, POOL_Q: tl.constexpr, LSE_Q: tl.constexpr, VARIANCE: tl.constexpr,
+    K_MEANS: tl.constexpr, POOL_K: tl.constexpr, V_CHANNEL_MAX: tl.constexpr,
 ):
-    # x: [B, H, S, D] (any strides); x_int8: [B, H, NB * BLOCK, D] contiguous, zero padded;
-    # scale, sim: [B, H, NB]; mean, sq_mean: [B, H, NB, D]
-    # shift: [B, H, D] fp32 (token mean used for smoothing)
-    pid_blk = tl.program_id(0)
+    # q: [B, H, SQ, D], k, v: [B, H, SK, D] (any strides); q_int8: [B, H, NQ * BLOCK_M, D] zero padded;
+    # q_scale, q_sim: [B, H, NQ]; q_mean: [B, H, NQ, D] fp32; k_mean, v_amax: [B, H, NK, D]; k_sim: [B, H, NK];
+    # q_lse_mean, q_lse_var: [B, H, NQ, D] in k's dtype, the "lse" operands q̄ · scale and ½ w scale² σ²
+    pid = tl.program_id(0)
     pid_bh = tl.program_id(1)
     off_b = pid_bh // H
     off_h = pid_bh % H
-    offs_s = pid_blk * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, D)
-    row_valid = offs_s < S
-    x_ptrs = X + off_b * stride_xb + off_h * stride_xh + offs_s[:, None] * stride_xs + offs_d[None, :] * stride_xd
-    x = tl.load(x_ptrs, mask=row_valid[:, None], other=0.0).to(tl.float32)  # [BLOCK, D]
-    n = tl.minimum(S - pid_blk * BLOCK, BLOCK).to(tl.float32)
-    stat_off = pid_bh * NB + pid_blk
-    if POOL:
-        tl.store(MEAN + stat_off * D + offs_d, tl.sum(x, axis=0) / n)
-        if SECOND_MOMENT:
-            tl.store(SQ_MEAN + stat_off * D + offs_d, tl.sum(x * x, axis=0) / n)
-        inv_norms = tl.math.rsqrt(tl.maximum(tl.sum(x * x, axis=1), 1e-24))  # [BLOCK]
-        unit = x * inv_norms[:, None]
-        unit_sum = tl.sum(unit, axis=0)  # [D]
-        tl.store(SIM + stat_off, tl.sum(unit_sum * unit_sum, axis=0) / (n * n))
-    if QUANTIZE:
-        if SMOOTH:
-            shift = tl.load(SHIFT + pid_bh * D + offs_d)
-            x = tl.where(row_valid[:, None], x - shift[None, :], 0.0)
-        amax = tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0), 1e-12)
-        scale = amax / 127.0
-        q = x * (127.0 / amax)
-        q = q + tl.where(q >= 0, 0.5, -0.5)
-        out_ptrs = X_INT8 + pid_bh * NB * BLOCK * D + offs_s[:, None] * D + offs_d[None, :]
-        tl.store(out_ptrs, q.to(tl.int8))
-        tl.store(SCALE + stat_off, scale * scale_mult)
+    if (QUANTIZE_Q or POOL_Q or LSE_Q) and pid < NQ:
+        offs_s = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        rows = offs_s < SQ
+        ptrs = Q + off_b * stride_qb + off_h * stride_qh + offs_s[:, None] * stride_qs + offs_d[None, :] * stride_qd
+        x = tl.load(ptrs, mask=rows[:, None], other=0.0).to(tl.float32)  # [BLOCK_M, D]
+        stat_off = pid_bh * NQ + pid
+        n = tl.minimum(SQ - pid * BLOCK_M, BLOCK_M).to(tl.float32)
+        if POOL_Q:
+            _store_block_stats(x, n, Q_MEAN, Q_SIM, stat_off, offs_d, D)
+        if LSE_Q:
+            mean = tl.sum(x, axis=0) / n
+            tl.store(Q_LSE_MEAN + stat_off * D + offs_d, (mean * lse_mean_scale).to(Q_LSE_MEAN.dtype.element_ty))
+            if VARIANCE:
+                variance = tl.maximum(tl.sum(x * x, axis=0) / n - mean * mean, 0.0)
+                tl.store(Q_LSE_VAR + stat_off * D + offs_d, (variance * lse_var_scale).to(Q_LSE_VAR.dtype.element_ty))
+        if QUANTIZE_Q:
+            _store_int8(x, Q_INT8, Q_SCALE, pid_bh * NQ * BLOCK_M * D, stat_off, offs_s, offs_d, q_scale_mult, D)
+    if pid < NK:
+        offs_s = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        rows = offs_s < SK
+        stat_off = pid_bh * NK + pid
+        if K_MEANS:
+            ptrs = K + off_b * stride_kb + off_h * stride_kh + offs_s[:, None] * stride_ks + offs_d[None, :] * stride_kd
+            x = tl.load(ptrs, mask=rows[:, None], other=0.0).to(tl.float32)  # [BLOCK_N, D]
+            n = tl.minimum(SK - pid * BLOCK_N, BLOCK_N).to(tl.float32)
+            if POOL_K:
+                _store_block_stats(x, n, K_MEAN, K_SIM, stat_off, offs_d, D)
+            else:
+                tl.store(K_MEAN + stat_off * D + offs_d, tl.sum(x, axis=0) / n)
+        if V_CHANNEL_MAX:
+            ptrs = V + off_b * stride_vb + off_h * stride_vh + offs_s[:, None] * stride_vs + offs_d[None, :] * stride_vd
+            x = tl.load(ptrs, mask=rows[:, None], other=0.0).to(tl.float32)
+            tl.store(V_AMAX + stat_off * D + offs_d, tl.max(tl.abs(x), axis=0))
 
 
-def quant_pool_fwd(
-    x: torch.Tensor,
-    block: int,
+@triton.jit
+def _channel_stats_kernel(
+    K_MEAN, V_AMAX, K_SHIFT, V_SCALE, NK, SK,
+    BLOCK_N: tl.constexpr, D: tl.constexpr, CHANNELS: tl.constexpr, ROWS: tl.constexpr,
+    K_SHIFT_OUT: tl.constexpr, V_SCALE_OUT: tl.constexpr,
+):
+    # k_mean, v_amax: [B, H, NK, D] per key block; k_shift: [B, H, D] token mean of K; v_scale: [B, H, D] = amax / 448
+    pid_bh = tl.program_id(0)
+    offs_c = tl.program_id(1) * CHANNELS + tl.arange(0, CHANNELS)
+    total = tl.zeros([CHANNELS], dtype=tl.float32)
+    amax = tl.zeros([CHANNELS], dtype=tl.float32)
+    for start in range(0, NK, ROWS):
+        blocks = start + tl.arange(0, ROWS)
+        valid = blocks < NK
+        offs = (pid_bh * NK + blocks)[:, None] * D + offs_c[None, :]
+        if K_SHIFT_OUT:
+            tokens = tl.minimum(SK - blocks * BLOCK_N, BLOCK_N).to(tl.float32)
+            means = tl.load(K_MEAN + offs, mask=valid[:, None], other=0.0)
+            total += tl.sum(means * tokens[:, None], axis=0)
+        if V_SCALE_OUT:
+            amax = tl.maximum(amax, tl.max(tl.load(V_AMAX + offs, mask=valid[:, None], other=0.0), axis=0))
+    if K_SHIFT_OUT:
+        tl.store(K_SHIFT + pid_bh * D + offs_c, total / SK)
+    if V_SCALE_OUT:
+        tl.store(V_SCALE + pid_bh * D + offs_c, tl.maximum(amax, 1e-12) / 448.0)
+
+
+@triton.jit
+def _second_pass_kernel(
+    K, V, K_SHIFT, K_INT8, K_SCALE, V_SCALE, V_OUT,
+    stride_kb, stride_kh, stride_ks, stride_kd,
+    stride_vb, stride_vh, stride_vs, stride_vd,
+    H, SK, S_PAD, NK,
+    BLOCK_N: tl.constexpr, D: tl.constexpr, QUANTIZE_K: tl.constexpr, V_FP8: tl.constexpr,
+):
+    # k, v: [B, H, SK, D] (any strides); k_shift, v_scale: [B, H, D]; k_int8: [B, H, S_PAD, D]; k_scale: [B, H, NK];
+    # v_out: [B, H, D, S_PAD] fp8 e4m3
+    pid = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = pid_bh // H
+    off_h = pid_bh % H
+    offs_s = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    rows = offs_s < SK
+    if QUANTIZE_K:
+        ptrs = K + off_b * stride_kb + off_h * stride_kh + offs_s[:, None] * stride_ks + offs_d[None, :] * stride_kd
+        x = tl.load(ptrs, mask=rows[:, None], other=0.0).to(tl.float32)  # [BLOCK_N, D]
+        shift = tl.load(K_SHIFT + pid_bh * D + offs_d)
+        x = tl.where(rows[:, None], x - shift[None, :], 0.0)
+        _store_int8(x, K_INT8, K_SCALE, pid_bh * S_PAD * D, pid_bh * NK + pid, offs_s, offs_d, 1.0, D)
+    if V_FP8:
+        ptrs = V + off_b * stride_vb + off_h * stride_vh + offs_s[:, None] * stride_vs + offs_d[None, :] * stride_vd
+        v = tl.load(ptrs, mask=rows[:, None], other=0.0).to(tl.float32)  # [BLOCK_N, D]
+        inv_scale = 1.0 / tl.load(V_SCALE + pid_bh * D + offs_d)
+        v8 = (v * inv_scale[None, :]).to(tl.float8e4nv)
+        tl.store(V_OUT + pid_bh * D * S_PAD + offs_d[None, :] * S_PAD + offs_s[:, None], v8)
+
+
+@functools.lru_cache(maxsize=16)
+def _placeholder(device: torch.device) -> torch.Tensor:
+    """A one-element tensor passed for the pointers a launch does not use."""
+    return torch.empty(1, dtype=torch.float32, device=device)
+
+
+class PreparedInputs(NamedTuple):
+    """What `prepare_fwd` produced; entries that were not asked for are None.
+
+    ``q_int8 [B, H, NQ·block_m, D]`` and ``k_int8 [B, H, NK·block_n, D]`` are zero padded to whole blocks, with fp32
+    scales ``q_scale [B, H, NQ]`` (times ``q_scale_mult``) and ``k_scale [B, H, NK]``; ``v_fp8 [B, H, D, NK·block_n]``
+    (float8_e4m3fn, transposed, zero padded) with ``v ≈ v_fp8ᵀ · v_scale``, ``v_scale [B, H, D]``; pooled statistics
+    in fp32: ``q_means [B, H, NQ, D]``, ``q_sims [B, H, NQ]``, ``k_means [B, H, NK, D]``, ``k_sims [B, H, NK]``;
+    ``block_logits [B, H, NQ, NK]`` fp32.
+    """
+
+    q_int8: Optional[torch.Tensor] = None
+    q_scale: Optional[torch.Tensor] = None
+    k_int8: Optional[torch.Tensor] = None
+    k_scale: Optional[torch.Tensor] = None
+    v_fp8: Optional[torch.Tensor] = None
+    v_scale: Optional[torch.Tensor] = None
+    q_means: Optional[torch.Tensor] = None
+    q_sims: Optional[torch.Tensor] = None
+    k_means: Optional[torch.Tensor] = None
+    k_sims: Optional[torch.Tensor] = None
+    block_logits: Optional[torch.Tensor] = None
+
+
+def prepare_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: Optional[torch.Tensor],
     *,
-    smooth: bool = False,
-    scale_mult: float = 1.0,
-    quantize: bool = True,
-    pool: bool = True,
-    second_moment: bool = False,
-) -> Tuple[Optional[torch.Tensor], ...]:
-    """Quantize ``x: [B, H, S, D]`` per block and/or compute its block statistics in one pass.
+    block_m: int,
+    block_n: int,
+    quantize_qk: bool = True,
+    v_fp8: bool = True,
+    stats: str = "none",
+    q_scale_mult: float = 1.0,
+    softmax_scale: Optional[float] = None,
+    variance_weight: float = 1.0,
+) -> PreparedInputs:
+    """Quantize Q, K (and V) and compute the predictor's block statistics.
 
     Args:
-        block: tokens per block.
-        smooth: subtract the token mean before quantizing (K smoothing).
-        scale_mult: multiplied into the stored scales (the attention kernel folds softmax scale · log2 e into Q's).
-        second_moment: also return the per-block mean of squares (``pool`` only; the "lse" predictor's variance).
-    Returns:
-        ``(x_int8 [B, H, NB * block, D] (zero padded to whole blocks), scales [B, H, NB] fp32, means [B, H, NB, D] fp32, sims [B, H, NB] fp32)``;
-        entries not asked for are None. Means and self-similarities are of the unsmoothed tokens. With
-        ``second_moment`` a fifth entry, ``sq_means [B, H, NB, D]`` fp32.
+        q: ``[B, H, Sq, D]``; k, v: ``[B, H, Sk, D]``; any strides, D a power of two ≥ 16. ``v`` may be None when
+            ``v_fp8`` is False.
+        block_m, block_n: query and key block sizes (the attention kernel's tiles).
+        quantize_qk: INT8 Q and smoothed INT8 K.
+        v_fp8: FP8 e4m3 V, transposed.
+        stats: ``"none"``; ``"pooled"`` (block means and self-similarities of Q and K, the paper's stage 1) or
+            ``"lse"`` (the "lse" block log-masses, which need ``softmax_scale``).
+        q_scale_mult: multiplied into Q's scales (the attention kernel folds softmax scale · log2 e into them).
+        variance_weight: weight w of the "lse" variance term (0 turns it off).
     """
-    b, h, s, d = x.shape
-    if not (quantize or pool):
-        return (None,) * (5 if second_moment else 4)
-    nb = triton.cdiv(s, block)
-    dev = x.device
-    x_int8 = torch.empty((b, h, nb * block, d), dtype=torch.int8, device=dev) if quantize else None
-    scales = torch.empty((b, h, nb), dtype=torch.float32, device=dev) if quantize else None
-    means = torch.empty((b, h, nb, d), dtype=torch.float32, device=dev) if pool else None
-    sims = torch.empty((b, h, nb), dtype=torch.float32, device=dev) if pool else None
-    second_moment = second_moment and pool
-    sq_means = torch.empty((b, h, nb, d), dtype=torch.float32, device=dev) if second_moment else None
-    shift = torch.mean(x, dim=-2, dtype=torch.float32).contiguous() if (smooth and quantize) else None
-    dummy = torch.empty(1, device=dev)
-    _quant_pool_fwd_kernel[(nb, b * h)](
-        x, x_int8 if quantize else dummy, scales if quantize else dummy, means if pool else dummy,
-        sims if pool else dummy, shift if shift is not None else dummy, sq_means if second_moment else dummy,
-        *x.stride(), h, s, nb, scale_mult,
-        BLOCK=block, D=d, SMOOTH=bool(smooth and quantize), QUANTIZE=quantize, POOL=pool, SECOND_MOMENT=second_moment,
-        num_warps=4 if block * d <= 8192 else 8,
+    if stats not in STATS:
+        raise ValueError(f"stats must be one of {STATS}, got {stats!r}")
+    if stats == "lse" and softmax_scale is None:
+        raise ValueError("stats='lse' needs softmax_scale")
+    b, h, sq, d = q.shape
+    sk = k.shape[2]
+    nq, nk = triton.cdiv(sq, block_m), triton.cdiv(sk, block_n)
+    dev = q.device
+    f32 = dict(dtype=torch.float32, device=dev)
+    pooled, lse = stats == "pooled", stats == "lse"
+    variance = lse and bool(variance_weight)
+    k_means_needed = quantize_qk or pooled
+    out = dict(
+        q_int8=torch.empty((b, h, nq * block_m, d), dtype=torch.int8, device=dev) if quantize_qk else None,
+        q_scale=torch.empty((b, h, nq), **f32) if quantize_qk else None,
+        k_int8=torch.empty((b, h, nk * block_n, d), dtype=torch.int8, device=dev) if quantize_qk else None,
+        k_scale=torch.empty((b, h, nk), **f32) if quantize_qk else None,
+        v_fp8=torch.empty((b, h, d, nk * block_n), dtype=torch.float8_e4m3fn, device=dev) if v_fp8 else None,
+        v_scale=torch.empty((b, h, d), **f32) if v_fp8 else None,
+        q_means=torch.empty((b, h, nq, d), **f32) if pooled else None,
+        q_sims=torch.empty((b, h, nq), **f32) if pooled else None,
+        k_means=torch.empty((b, h, nk, d), **f32) if k_means_needed else None,
+        k_sims=torch.empty((b, h, nk), **f32) if pooled else None,
     )
-    if second_moment:
-        return x_int8, scales, means, sims, sq_means
-    return x_int8, scales, means, sims
+    lse_operands = torch.empty((2 if variance else 1, b, h, nq, d), dtype=k.dtype, device=dev) if lse else None
+    v_amax = torch.empty((b, h, nk, d), **f32) if v_fp8 else None
+    k_shift = torch.empty((b, h, d), **f32) if quantize_qk else None
+    dummy = _placeholder(dev)
 
+    def pick(tensor: Optional[torch.Tensor]) -> torch.Tensor:
+        return dummy if tensor is None else tensor
 
-@triton.jit
-def _quant_v_fp8_fwd_kernel(
-    V, V_OUT, V_SCALE,
-    stride_vb, stride_vh, stride_vs, stride_vd,
-    H, S, S_PAD,
-    BLOCK: tl.constexpr, D: tl.constexpr,
-):
-    # v: [B, H, S, D] (any strides); v_scale: [B, H, D] fp32; v_out: [B, H, D, S_PAD] fp8 e4m3 (zero padded)
-    pid_blk = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    off_b = pid_bh // H
-    off_h = pid_bh % H
-    offs_s = pid_blk * BLOCK + tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, D)
-    v_ptrs = V + off_b * stride_vb + off_h * stride_vh + offs_s[:, None] * stride_vs + offs_d[None, :] * stride_vd
-    v = tl.load(v_ptrs, mask=(offs_s < S)[:, None], other=0.0).to(tl.float32)  # [BLOCK, D]
-    inv_scale = 1.0 / tl.load(V_SCALE + pid_bh * D + offs_d)  # [D]
-    v8 = (v * inv_scale[None, :]).to(tl.float8e4nv)
-    out_ptrs = V_OUT + pid_bh * D * S_PAD + offs_d[None, :] * S_PAD + offs_s[:, None]
-    tl.store(out_ptrs, v8, mask=(offs_s < S_PAD)[:, None])
-
-
-def quant_v_fp8_fwd(v: torch.Tensor, block_n: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """FP8 e4m3 V with a per-channel scale, stored transposed.
-
-    Returns:
-        v_fp8_t: float8_e4m3fn ``[B, H, D, S_pad]`` with ``S_pad`` a multiple of ``block_n`` (padding is 0).
-        v_scale: fp32 ``[B, H, D]`` with ``v ≈ v_fp8_t.transpose(-1, -2) · v_scale``.
-    """
-    b, h, s, d = v.shape
-    s_pad = triton.cdiv(s, block_n) * block_n
-    amax = torch.linalg.vector_norm(v, ord=float("inf"), dim=-2, dtype=torch.float32)
-    v_scale = (amax.clamp_min(1e-12) / FP8_E4M3_MAX).contiguous()
-    v_out = torch.empty((b, h, d, s_pad), dtype=torch.float8_e4m3fn, device=v.device)
-    block = 64
-    _quant_v_fp8_fwd_kernel[(triton.cdiv(s_pad, block), b * h)](
-        v, v_out, v_scale, *v.stride(), h, s, s_pad, BLOCK=block, D=d, num_warps=4,
+    lse_mean = lse_operands[0] if lse else dummy
+    lse_var = lse_operands[1] if variance else lse_mean
+    scale = softmax_scale or 1.0
+    v_or_k = v if v is not None else k
+    warps = 4  # measured on an H200: 4 beat 8 and 16 at every benchmark shape (mochi 0.53 vs 0.70 ms)
+    key_side = k_means_needed or v_fp8
+    _first_pass_kernel[(max(nq, nk) if key_side else nq, b * h)](
+        q, k, v_or_k, pick(out["q_int8"]), pick(out["q_scale"]), pick(out["q_means"]), pick(out["q_sims"]),
+        lse_mean, lse_var, pick(out["k_means"]), pick(out["k_sims"]), pick(v_amax),
+        *q.stride(), *k.stride(), *v_or_k.stride(), h, sq, sk, nq, nk, q_scale_mult, scale,
+        0.5 * variance_weight * scale * scale,
+        BLOCK_M=block_m, BLOCK_N=block_n, D=d, QUANTIZE_Q=quantize_qk, POOL_Q=pooled, LSE_Q=lse, VARIANCE=variance,
+        K_MEANS=k_means_needed, POOL_K=pooled, V_CHANNEL_MAX=v_fp8, num_warps=warps,
     )
-    return v_out, v_scale
+    if quantize_qk or v_fp8:
+        channels = min(d, 32)
+        _channel_stats_kernel[(b * h, d // channels)](
+            pick(out["k_means"]), pick(v_amax), pick(k_shift), pick(out["v_scale"]), nk, sk,
+            BLOCK_N=block_n, D=d, CHANNELS=channels, ROWS=64, K_SHIFT_OUT=quantize_qk, V_SCALE_OUT=v_fp8,
+            num_warps=4,
+        )
+    if quantize_qk or v_fp8:
+        _second_pass_kernel[(nk, b * h)](
+            k, v_or_k, pick(k_shift), pick(out["k_int8"]), pick(out["k_scale"]), pick(out["v_scale"]),
+            pick(out["v_fp8"]), *k.stride(), *v_or_k.stride(), h, sk, nk * block_n, nk,
+            BLOCK_N=block_n, D=d, QUANTIZE_K=quantize_qk, V_FP8=v_fp8, num_warps=warps,
+        )
+    if lse:
+        out["block_logits"] = lse_block_logits_fwd(lse_mean, lse_var if variance else None, k, block_n=block_n)
+    if not pooled:
+        out["k_means"] = None
+    return PreparedInputs(**out)

@@ -112,9 +112,8 @@ def run_shape(bench: Bench, name: str, shape, sparsities, topks):
 
     bm, bn = 128, 64
     nq, nk = triton.cdiv(s, bm), triton.cdiv(s, bn)
-    q8, q_scale, _, _ = quantize.quant_pool_fwd(q, bm, scale_mult=scale * block_sparse_attn.LOG2E, pool=False)
-    k8, k_scale, _, _ = quantize.quant_pool_fwd(k, bn, smooth=True, pool=False)
-    v8, v_scale = quantize.quant_v_fp8_fwd(v, bn)
+    prepare = dict(block_m=bm, block_n=bn, q_scale_mult=scale * block_sparse_attn.LOG2E)
+    q8, q_scale, k8, k_scale, v8, v_scale, *_ = quantize.prepare_fwd(q, k, v, **prepare)
     v16 = dispatch.padded_fp16(v, bn)
     out_buf = torch.empty_like(q)
     common = dict(seq_len_q=s, seq_len_k=s, block_m=bm, block_n=bn, softmax_scale=scale)
@@ -134,9 +133,7 @@ def run_shape(bench: Bench, name: str, shape, sparsities, topks):
                                                        pv_mode=block_sparse_attn.PV_NATIVE, **common)
 
     def quant_fp8():
-        quantize.quant_pool_fwd(q, bm, scale_mult=scale * block_sparse_attn.LOG2E, pool=False)
-        quantize.quant_pool_fwd(k, bn, smooth=True, pool=False)
-        quantize.quant_v_fp8_fwd(v, bn)
+        quantize.prepare_fwd(q, k, v, **prepare)
 
     quant_ms = timed(quant_fp8)
     for sparsity in sparsities:
@@ -175,29 +172,31 @@ def run_shape(bench: Bench, name: str, shape, sparsities, topks):
     bench.add(name, shape, "whole-call", "sparge full (quantized dense)", timed(lambda: sparge_attn(q, k, v, config=config)),
               precision="int8-fp8", measured=0.0, cudnn_ms=cudnn_ms, out=out, oracle=oracle)
 
+    selection = dict(seq_len_q=s, seq_len_k=s, block_m=bm, block_n=bn, scale=scale, topk=0.5, cdf_threshold=None)
+
+    def pooled_select(stats):
+        return predict.select_blocks_fwd(stats.q_means, stats.k_means, stats.q_sims, stats.k_sims, sim_threshold=0.6,
+                                         **selection)
+
+    def lse_select(stats):
+        return predict.select_blocks_fwd(None, None, None, None, sim_threshold=None, block_logits=stats.block_logits,
+                                         **selection)
+
     def predict_only():
-        _, _, qm, qs = quantize.quant_pool_fwd(q, bm, quantize=False)
-        _, _, km, ks = quantize.quant_pool_fwd(k, bn, quantize=False)
-        predict.select_blocks_fwd(qm, km, qs, ks, seq_len_q=s, seq_len_k=s, block_m=bm, block_n=bn, scale=scale,
-                                  topk=0.5, cdf_threshold=None, sim_threshold=0.6)
+        pooled_select(quantize.prepare_fwd(q, k, None, quantize_qk=False, v_fp8=False, stats="pooled", **prepare))
 
     def predict_and_quantize():
-        _, _, qm, qs = quantize.quant_pool_fwd(q, bm, scale_mult=scale * block_sparse_attn.LOG2E)
-        _, _, km, ks = quantize.quant_pool_fwd(k, bn, smooth=True)
-        quantize.quant_v_fp8_fwd(v, bn)
-        predict.select_blocks_fwd(qm, km, qs, ks, seq_len_q=s, seq_len_k=s, block_m=bm, block_n=bn, scale=scale,
-                                  topk=0.5, cdf_threshold=None, sim_threshold=0.6)
+        pooled_select(quantize.prepare_fwd(q, k, v, stats="pooled", **prepare))
+
+    def lse_predict_only():
+        lse_select(quantize.prepare_fwd(q, k, None, quantize_qk=False, v_fp8=False, stats="lse", softmax_scale=scale,
+                                        **prepare))
 
     def lse_predict_and_quantize():
-        _, _, qm, _, qsq = quantize.quant_pool_fwd(q, bm, scale_mult=scale * block_sparse_attn.LOG2E,
-                                                   second_moment=True)
-        quantize.quant_pool_fwd(k, bn, smooth=True, pool=False)
-        quantize.quant_v_fp8_fwd(v, bn)
-        logits = predict.lse_block_logits_fwd(qm, qsq, k, block_n=bn, scale=scale)
-        predict.select_blocks_fwd(None, None, None, None, seq_len_q=s, seq_len_k=s, block_m=bm, block_n=bn,
-                                  scale=scale, topk=0.5, cdf_threshold=None, sim_threshold=None, block_logits=logits)
+        lse_select(quantize.prepare_fwd(q, k, v, stats="lse", softmax_scale=scale, **prepare))
 
     for label, fn in (("prediction only", predict_only), ("prediction+quantization", predict_and_quantize),
+                      ("lse prediction only", lse_predict_only),
                       ("lse prediction+quantization", lse_predict_and_quantize)):
         for suffix, timer in (("", timed), (" (CUDA graph)", graph_timed)):
             ms = timer(fn)
@@ -205,19 +204,13 @@ def run_shape(bench: Bench, name: str, shape, sparsities, topks):
                       note=f"{100 * ms / cudnn_ms:.2f}% of dense cuDNN")
     bench.add(name, shape, "overhead", "quantization only", quant_ms, precision="int8-fp8", cudnn_ms=cudnn_ms,
               note=f"{100 * quant_ms / cudnn_ms:.2f}% of dense cuDNN")
-    _, _, qm, qs = quantize.quant_pool_fwd(q, bm, quantize=False)
-    _, _, km, ks = quantize.quant_pool_fwd(k, bn, quantize=False)
+    lse_stats = quantize.prepare_fwd(q, k, v, stats="lse", softmax_scale=scale, **prepare)
     parts = {
-        "part: K token mean (torch)": lambda: torch.mean(k, dim=-2, dtype=torch.float32),
-        "part: V channel amax (torch)": lambda: torch.linalg.vector_norm(v, ord=float("inf"), dim=-2,
-                                                                          dtype=torch.float32),
-        "part: Q int8+pool": lambda: quantize.quant_pool_fwd(q, bm, scale_mult=0.1),
-        "part: K int8+pool (smooth)": lambda: quantize.quant_pool_fwd(k, bn, smooth=True),
-        "part: Q int8 only": lambda: quantize.quant_pool_fwd(q, bm, scale_mult=0.1, pool=False),
-        "part: V fp8 transposed": lambda: quantize.quant_v_fp8_fwd(v, bn),
-        "part: pooled scores + select": lambda: predict.select_blocks_fwd(
-            qm, km, qs, ks, seq_len_q=s, seq_len_k=s, block_m=bm, block_n=bn, scale=scale, topk=0.5,
-            cdf_threshold=None, sim_threshold=0.6),
+        "part: prepare, quantization only": quant_fp8,
+        "part: prepare, quantization + lse logits": lambda: quantize.prepare_fwd(
+            q, k, v, stats="lse", softmax_scale=scale, **prepare),
+        "part: selection kernel (lse logits)": lambda: lse_select(lse_stats),
+        "part: block-sparse kernel, full mask": lambda: kernel_fp8(*dispatch.full_lut(b, h, s, s, bm, bn, "cuda")),
     }
     for label, fn in parts.items():
         bench.add(name, shape, "overhead", label, graph_timed(fn), precision="int8-fp8", cudnn_ms=cudnn_ms,
@@ -255,10 +248,8 @@ def tune(shape_names):
             cudnn_ms = timed(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
         out = torch.empty_like(q)
         for bm, bn in ((128, 64), (128, 128), (64, 64)):
-            q8, q_scale, _, _ = quantize.quant_pool_fwd(q, bm, scale_mult=d ** -0.5 * block_sparse_attn.LOG2E,
-                                                        pool=False)
-            k8, k_scale, _, _ = quantize.quant_pool_fwd(k, bn, smooth=True, pool=False)
-            v8, v_scale = quantize.quant_v_fp8_fwd(v, bn)
+            q8, q_scale, k8, k_scale, v8, v_scale, *_ = quantize.prepare_fwd(
+                q, k, v, block_m=bm, block_n=bn, q_scale_mult=d ** -0.5 * block_sparse_attn.LOG2E)
             nq, nk = triton.cdiv(s, bm), triton.cdiv(s, bn)
             for sparsity in (0.0, 0.9):
                 lut, counts = BlockMap(random_block_mask(b, h, nq, nk, sparsity, "cuda"), bm, bn, s, s).to_lut()

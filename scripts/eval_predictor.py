@@ -257,16 +257,16 @@ def _triton_cases(q, k, scale, keep):
     common = dict(seq_len_q=seq, seq_len_k=seq, block_m=BLOCK_M, block_n=BLOCK_N, scale=scale, keep_ranges=keep)
 
     def sparge():
-        _, _, qm, qs = quantize.quant_pool_fwd(q, BLOCK_M, quantize=False)
-        _, _, km, ks = quantize.quant_pool_fwd(k, BLOCK_N, quantize=False)
-        predict.select_blocks_fwd(qm, km, qs, ks, topk=None, cdf_threshold=0.95, sim_threshold=0.6, **common)
+        stats = quantize.prepare_fwd(q, k, None, block_m=BLOCK_M, block_n=BLOCK_N, quantize_qk=False, v_fp8=False,
+                                     stats="pooled")
+        predict.select_blocks_fwd(stats.q_means, stats.k_means, stats.q_sims, stats.k_sims, topk=None,
+                                  cdf_threshold=0.95, sim_threshold=0.6, **common)
 
     def lse(variance_weight=1.0):
-        _, _, qm, _, qsq = quantize.quant_pool_fwd(q, BLOCK_M, quantize=False, second_moment=True)
-        logits = predict.lse_block_logits_fwd(qm, qsq, k, block_n=BLOCK_N, scale=scale,
-                                              variance_weight=variance_weight)
+        stats = quantize.prepare_fwd(q, k, None, block_m=BLOCK_M, block_n=BLOCK_N, quantize_qk=False, v_fp8=False,
+                                     stats="lse", softmax_scale=scale, variance_weight=variance_weight)
         predict.select_blocks_fwd(None, None, None, None, topk=None, cdf_threshold=None, sim_threshold=None,
-                                  block_logits=logits, drop_mass=0.025, **common)
+                                  block_logits=stats.block_logits, drop_mass=0.025, **common)
 
     return {"sparge (Triton)": sparge, "lse (Triton)": lse, "lse-novar (Triton)": lambda: lse(0.0)}
 

@@ -131,3 +131,25 @@ def test_lse_predictor_matches_reference(seq_len, head_dim):
         expected = ref.naive_block_sparse_attention(q, k, v, mask, block_m=128, block_n=64, scale=scale,
                                                     precision="int8-fp16")
         assert torch.isfinite(out).all() and ref.relative_l1(out, expected) < EMULATION_RELL1["int8-fp16"]
+
+
+@pytest.mark.parametrize("seq_len", [4001, 44776])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_prepare_matches_reference_at_length(seq_len, head_dim):
+    from sparge_diffusers.kernels import quantize
+    from sparge_diffusers.kernels.predictors import naive_lse_block_logits
+
+    q, k, v = qkv(1, 2, seq_len, head_dim, seed=3)
+    k = k + torch.linspace(-4, 4, head_dim, device="cuda", dtype=k.dtype)  # a channel bias that smoothing removes
+    prepared = quantize.prepare_fwd(q, k, v, block_m=128, block_n=64, stats="lse", softmax_scale=head_dim ** -0.5)
+    for values, (ref_values, ref_scales), scales in (
+            (prepared.q_int8, ref.naive_quantize_int8(q, 128), prepared.q_scale),
+            (prepared.k_int8, ref.naive_quantize_int8(k, 64, smooth=True), prepared.k_scale)):
+        assert (values[..., :seq_len, :].int() - ref_values.int()).abs().max() <= 1
+        torch.testing.assert_close(scales, ref_scales, rtol=1e-5, atol=1e-8)
+    ref_v, ref_v_scale = ref.naive_quantize_v_fp8(v)
+    torch.testing.assert_close(prepared.v_scale, ref_v_scale)
+    restored = prepared.v_fp8.transpose(-1, -2)[..., :seq_len, :].float()
+    assert (restored != ref_v.float()).float().mean() < 1e-3
+    expected = naive_lse_block_logits(q, k, block_m=128, block_n=64, scale=head_dim ** -0.5)
+    torch.testing.assert_close(prepared.block_logits, expected, rtol=2e-3, atol=2e-3)

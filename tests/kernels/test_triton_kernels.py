@@ -31,30 +31,57 @@ def qkv(gen, b, h, s, d, dtype=torch.float16):
 @pytest.mark.parametrize("seq_len", LENGTHS)
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("block", [64, 128])
-def test_quant_pool_matches_reference(gen, seq_len, head_dim, block):
+def test_prepare_quantization_and_pooling_match_reference(gen, seq_len, head_dim, block):
     x = torch.randn(2, seq_len, 2, head_dim, generator=gen).half().transpose(1, 2)  # strided BSHD view
-    for smooth in (False, True):
-        values, scales, means, sims = quantize.quant_pool_fwd(x, block, smooth=smooth)
+    prepared = quantize.prepare_fwd(x, x, None, block_m=block, block_n=block, v_fp8=False, stats="pooled",
+                                    q_scale_mult=0.5)
+    for values, scales, smooth, mult in ((prepared.q_int8, prepared.q_scale, False, 0.5),
+                                         (prepared.k_int8, prepared.k_scale, True, 1.0)):
         ref_values, ref_scales = ref.naive_quantize_int8(x, block, smooth=smooth)
         assert values.shape[-2] == ref.num_blocks(seq_len, block) * block
         assert (values[..., :seq_len, :].int() - ref_values.int()).abs().max() <= 1
         assert torch.all(values[..., seq_len:, :] == 0)
-        torch.testing.assert_close(scales, ref_scales)
+        torch.testing.assert_close(scales, ref_scales * mult)
+    for means, sims in ((prepared.q_means, prepared.q_sims), (prepared.k_means, prepared.k_sims)):
         torch.testing.assert_close(means, ref.naive_block_mean(x, block))
         torch.testing.assert_close(sims, ref.naive_block_self_similarity(x, block), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("lengths", [(300, 97), (63, 700), (1, 1)])
+def test_prepare_handles_different_query_and_key_lengths(gen, lengths):
+    seq_q, seq_k = lengths
+    q = torch.randn(1, 2, seq_q, 64, generator=gen).half()
+    k, v = (torch.randn(1, 2, seq_k, 64, generator=gen).half() + 3.0 for _ in range(2))
+    prepared = quantize.prepare_fwd(q, k, v, block_m=128, block_n=64, stats="pooled")
+    ref_q, ref_q_scale = ref.naive_quantize_int8(q, 128)
+    ref_k, ref_k_scale = ref.naive_quantize_int8(k, 64, smooth=True)
+    assert (prepared.q_int8[..., :seq_q, :].int() - ref_q.int()).abs().max() <= 1
+    assert (prepared.k_int8[..., :seq_k, :].int() - ref_k.int()).abs().max() <= 1
+    torch.testing.assert_close(prepared.q_scale, ref_q_scale)
+    torch.testing.assert_close(prepared.k_scale, ref_k_scale)
+    torch.testing.assert_close(prepared.k_means, ref.naive_block_mean(k, 64))
+    torch.testing.assert_close(prepared.v_scale, ref.naive_quantize_v_fp8(v)[1])
+
+
 @pytest.mark.parametrize("seq_len", [1, 97, 300])
-def test_quant_v_fp8_layout_and_scale(gen, seq_len):
-    v = torch.randn(1, 2, seq_len, 64, generator=gen).half()
-    values, scales = quantize.quant_v_fp8_fwd(v, 64)
+def test_prepare_v_fp8_layout_and_scale(gen, seq_len):
+    q, k, v = qkv(gen, 1, 2, seq_len, 64)
+    prepared = quantize.prepare_fwd(q, k, v, block_m=128, block_n=64)
     ref_values, ref_scales = ref.naive_quantize_v_fp8(v)
-    torch.testing.assert_close(scales, ref_scales)
-    restored = values.transpose(-1, -2).float()
-    assert values.shape == (1, 2, 64, ref.num_blocks(seq_len, 64) * 64)
+    torch.testing.assert_close(prepared.v_scale, ref_scales)
+    restored = prepared.v_fp8.transpose(-1, -2).float()
+    assert prepared.v_fp8.shape == (1, 2, 64, ref.num_blocks(seq_len, 64) * 64)
     assert torch.all(restored[..., seq_len:, :] == 0)
     close = (restored[..., :seq_len, :] - ref_values.float()).abs() <= 0.07 * ref_values.float().abs() + 1e-3
     assert close.float().mean() > 0.95
+
+
+def test_prepare_rejects_unknown_statistics(gen):
+    q, k, v = qkv(gen, 1, 1, 64, 64)
+    with pytest.raises(ValueError, match="stats"):
+        quantize.prepare_fwd(q, k, v, block_m=128, block_n=64, stats="mean")
+    with pytest.raises(ValueError, match="softmax_scale"):
+        quantize.prepare_fwd(q, k, v, block_m=128, block_n=64, stats="lse")
 
 
 @pytest.mark.parametrize("seq_len", [97, 300, 700])
@@ -67,10 +94,10 @@ def test_select_blocks_matches_reference(gen, seq_len, selection):
     q, k, _ = qkv(gen, 2, 2, seq_len, 64)
     q = q + torch.linspace(-1, 1, seq_len)[:, None].half()
     for sim_threshold, ranges in ((None, ()), (0.02, [(0, 70)]), (None, [(seq_len - 30, seq_len)])):
-        _, _, q_means, q_sims = quantize.quant_pool_fwd(q, 128, quantize=False)
-        _, _, k_means, k_sims = quantize.quant_pool_fwd(k, 64, quantize=False)
+        stats = quantize.prepare_fwd(q, k, None, block_m=128, block_n=64, quantize_qk=False, v_fp8=False,
+                                     stats="pooled")
         lut, counts = predict.select_blocks_fwd(
-            q_means, k_means, q_sims, k_sims, seq_len_q=seq_len, seq_len_k=seq_len, block_m=128, block_n=64,
+            stats.q_means, stats.k_means, stats.q_sims, stats.k_sims, seq_len_q=seq_len, seq_len_k=seq_len, block_m=128, block_n=64,
             scale=0.125, sim_threshold=sim_threshold, keep_ranges=ranges, **{"cdf_threshold": None, **selection})
         expected = ref.naive_predict_block_mask(
             q, k, block_m=128, block_n=64, scale=0.125, sim_threshold=sim_threshold, keep_ranges=ranges,
@@ -108,11 +135,11 @@ def _run_kernel(q, k, v, lut, counts, precision, pv_threshold):
     if precision == "bf16":
         return block_sparse_attn.block_sparse_attn_fwd(q, k, v, lut, counts, out, pv_mode=block_sparse_attn.PV_NATIVE,
                                                        **kwargs)
-    q8, q_scale, _, _ = quantize.quant_pool_fwd(q, 128, scale_mult=scale * block_sparse_attn.LOG2E, pool=False)
-    k8, k_scale, _, _ = quantize.quant_pool_fwd(k, 64, smooth=True, pool=False)
+    prepared = quantize.prepare_fwd(q, k, None, block_m=128, block_n=64, v_fp8=False,
+                                    q_scale_mult=scale * block_sparse_attn.LOG2E)
     return block_sparse_attn.block_sparse_attn_fwd(
-        q8, k8, dispatch.padded_fp16(v, 64), lut, counts, out, pv_mode=block_sparse_attn.PV_FP16, q_scale=q_scale,
-        k_scale=k_scale, **kwargs)
+        prepared.q_int8, prepared.k_int8, dispatch.padded_fp16(v, 64), lut, counts, out,
+        pv_mode=block_sparse_attn.PV_FP16, q_scale=prepared.q_scale, k_scale=prepared.k_scale, **kwargs)
 
 
 @pytest.mark.parametrize("seq_len", [1, 97, 300])
@@ -154,14 +181,13 @@ def test_lse_block_logits_match_reference(gen, seq_len, head_dim):
     from sparge_diffusers.kernels.predictors import naive_lse_block_logits
 
     q, k, _ = qkv(gen, 2, 2, seq_len, head_dim)
-    _, _, q_means, _, q_sq_means = quantize.quant_pool_fwd(q, 128, quantize=False, second_moment=True)
-    torch.testing.assert_close(q_sq_means, ref.naive_block_mean(q.float() ** 2, 128), rtol=1e-4, atol=1e-4)
+    k = k[..., : seq_len - 5, :]  # keys shorter than queries, ending inside a block
     for weight in (0.0, 1.0):
-        logits = predict.lse_block_logits_fwd(q_means, q_sq_means, k, block_n=64, scale=head_dim ** -0.5,
-                                              variance_weight=weight)
+        prepared = quantize.prepare_fwd(q, k, None, block_m=128, block_n=64, quantize_qk=False, v_fp8=False,
+                                        stats="lse", softmax_scale=head_dim ** -0.5, variance_weight=weight)
         expected = naive_lse_block_logits(q, k, block_m=128, block_n=64, scale=head_dim ** -0.5,
                                           variance_weight=weight)
-        torch.testing.assert_close(logits, expected, rtol=2e-3, atol=2e-3)
+        torch.testing.assert_close(prepared.block_logits, expected, rtol=2e-3, atol=2e-3)
 
 
 @pytest.mark.parametrize("seq_len", [300, 700])
