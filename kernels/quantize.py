@@ -35,6 +35,13 @@ STATS = ("none", "pooled", "lse")
 
 
 @triton.jit
+def _load_rows_f32(X, off_b, off_h, offs_s, offs_d, rows, stride_b, stride_h, stride_s, stride_d):
+    # [len(offs_s), D] tile of x [B, H, S, D] (any strides) in fp32; rows past the sequence end (``rows`` False) are 0
+    ptrs = X + off_b * stride_b + off_h * stride_h + offs_s[:, None] * stride_s + offs_d[None, :] * stride_d
+    return tl.load(ptrs, mask=rows[:, None], other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _store_block_stats(x, n, MEAN, SIM, stat_off, offs_d, D: tl.constexpr):
     # x: [BLOCK, D] fp32 (rows past the sequence end are 0); n: valid rows
     tl.store(MEAN + stat_off * D + offs_d, tl.sum(x, axis=0) / n)
@@ -75,8 +82,7 @@ def _first_pass_kernel(
     if (QUANTIZE_Q or POOL_Q or LSE_Q) and pid < NQ:
         offs_s = pid * BLOCK_M + tl.arange(0, BLOCK_M)
         rows = offs_s < SQ
-        ptrs = Q + off_b * stride_qb + off_h * stride_qh + offs_s[:, None] * stride_qs + offs_d[None, :] * stride_qd
-        x = tl.load(ptrs, mask=rows[:, None], other=0.0).to(tl.float32)  # [BLOCK_M, D]
+        x = _load_rows_f32(Q, off_b, off_h, offs_s, offs_d, rows, stride_qb, stride_qh, stride_qs, stride_qd)
         stat_off = pid_bh * NQ + pid
         n = tl.minimum(SQ - pid * BLOCK_M, BLOCK_M).to(tl.float32)
         if POOL_Q:
@@ -94,16 +100,14 @@ def _first_pass_kernel(
         rows = offs_s < SK
         stat_off = pid_bh * NK + pid
         if K_MEANS:
-            ptrs = K + off_b * stride_kb + off_h * stride_kh + offs_s[:, None] * stride_ks + offs_d[None, :] * stride_kd
-            x = tl.load(ptrs, mask=rows[:, None], other=0.0).to(tl.float32)  # [BLOCK_N, D]
+            x = _load_rows_f32(K, off_b, off_h, offs_s, offs_d, rows, stride_kb, stride_kh, stride_ks, stride_kd)
             n = tl.minimum(SK - pid * BLOCK_N, BLOCK_N).to(tl.float32)
             if POOL_K:
                 _store_block_stats(x, n, K_MEAN, K_SIM, stat_off, offs_d, D)
             else:
                 tl.store(K_MEAN + stat_off * D + offs_d, tl.sum(x, axis=0) / n)
         if V_CHANNEL_MAX:
-            ptrs = V + off_b * stride_vb + off_h * stride_vh + offs_s[:, None] * stride_vs + offs_d[None, :] * stride_vd
-            x = tl.load(ptrs, mask=rows[:, None], other=0.0).to(tl.float32)
+            x = _load_rows_f32(V, off_b, off_h, offs_s, offs_d, rows, stride_vb, stride_vh, stride_vs, stride_vd)
             tl.store(V_AMAX + stat_off * D + offs_d, tl.max(tl.abs(x), axis=0))
 
 
@@ -152,14 +156,12 @@ def _second_pass_kernel(
     offs_d = tl.arange(0, D)
     rows = offs_s < SK
     if QUANTIZE_K:
-        ptrs = K + off_b * stride_kb + off_h * stride_kh + offs_s[:, None] * stride_ks + offs_d[None, :] * stride_kd
-        x = tl.load(ptrs, mask=rows[:, None], other=0.0).to(tl.float32)  # [BLOCK_N, D]
+        x = _load_rows_f32(K, off_b, off_h, offs_s, offs_d, rows, stride_kb, stride_kh, stride_ks, stride_kd)
         shift = tl.load(K_SHIFT + pid_bh * D + offs_d)
         x = tl.where(rows[:, None], x - shift[None, :], 0.0)
         _store_int8(x, K_INT8, K_SCALE, pid_bh * S_PAD * D, pid_bh * NK + pid, offs_s, offs_d, 1.0, D)
     if V_FP8:
-        ptrs = V + off_b * stride_vb + off_h * stride_vh + offs_s[:, None] * stride_vs + offs_d[None, :] * stride_vd
-        v = tl.load(ptrs, mask=rows[:, None], other=0.0).to(tl.float32)  # [BLOCK_N, D]
+        v = _load_rows_f32(V, off_b, off_h, offs_s, offs_d, rows, stride_vb, stride_vh, stride_vs, stride_vd)
         inv_scale = 1.0 / tl.load(V_SCALE + pid_bh * D + offs_d)
         v8 = (v * inv_scale[None, :]).to(tl.float8e4nv)
         tl.store(V_OUT + pid_bh * D * S_PAD + offs_d[None, :] * S_PAD + offs_s[:, None], v8)
