@@ -11,6 +11,7 @@ dequantization factor per tile (per-block scales, SageAttention arXiv 2410.02367
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -23,20 +24,35 @@ PV_FP8, PV_FP16, PV_NATIVE = 0, 1, 2
 
 
 @triton.jit
-def _tile_scores(q, k_ptrs, kv_mask, tile_scale, col_bias, QK_INT8: tl.constexpr, MASK_KV: tl.constexpr):
-    # q: [BLOCK_M, D]; k tile: [D, BLOCK_N]; col_bias: [BLOCK_N] (0, or -inf past the sequence end)
-    if MASK_KV:
+def _attend_tile(q, cols, k_base, v_base, row_valid, tile_scale, m_i, l_i, acc, SK, stride_ks, stride_vs,
+                 pv_threshold, QK_INT8: tl.constexpr, PV_MODE: tl.constexpr, MASK_KV: tl.constexpr,
+                 EDGE: tl.constexpr, USE_PV_THRESHOLD: tl.constexpr):
+    # Key columns ``cols`` [TILE_N]: scores, the λ test, the online softmax and P·V.
+    kv_mask = cols < SK
+    k_ptrs = k_base + cols[None, :] * stride_ks
+    v_ptrs = v_base + cols[:, None] * stride_vs
+    if EDGE and MASK_KV:
         k = tl.load(k_ptrs, mask=kv_mask[None, :], other=0.0)
     else:
         k = tl.load(k_ptrs)
     if QK_INT8:
-        return tl.dot(q, k).to(tl.float32) * tile_scale + col_bias[None, :]  # [BLOCK_M, BLOCK_N], log2 units
-    return tl.dot(q, k) * tile_scale + col_bias[None, :]
+        s = tl.dot(q, k).to(tl.float32) * tile_scale  # [BLOCK_M, TILE_N], log2 units
+    else:
+        s = tl.dot(q, k) * tile_scale
+    if EDGE:
+        s = s + tl.where(kv_mask, 0.0, float("-inf"))[None, :]
+    if USE_PV_THRESHOLD:
+        gap = tl.where(row_valid, tl.max(s, 1) - m_i, float("-inf"))
+        if tl.max(gap, 0) >= pv_threshold:
+            m_i, l_i, acc = _softmax_pv(s, v_ptrs, kv_mask, m_i, l_i, acc, PV_MODE, EDGE and MASK_KV)
+    else:
+        m_i, l_i, acc = _softmax_pv(s, v_ptrs, kv_mask, m_i, l_i, acc, PV_MODE, EDGE and MASK_KV)
+    return m_i, l_i, acc
 
 
 @triton.jit
 def _softmax_pv(s, v_ptrs, kv_mask, m_i, l_i, acc, PV_MODE: tl.constexpr, MASK_KV: tl.constexpr):
-    # s: [BLOCK_M, BLOCK_N]; v tile: [BLOCK_N, D]; m_i, l_i: [BLOCK_M]; acc: [BLOCK_M, D]
+    # s: [BLOCK_M, TILE_N]; v tile: [TILE_N, D]; m_i, l_i: [BLOCK_M]; acc: [BLOCK_M, D]
     # In FP8 mode P is produced already scaled by 448 (log2 448 added to the exponent), so l_i and acc carry the same
     # factor and the division at the end cancels it.
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -66,18 +82,22 @@ def _block_sparse_attn_fwd_kernel(
     stride_vb, stride_vh, stride_vs, stride_vd,
     stride_ob, stride_oh, stride_os, stride_od,
     H, SQ, SK, NQ, NK, qk_scale, pv_threshold,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_N: tl.constexpr, D: tl.constexpr,
     QK_INT8: tl.constexpr, PV_MODE: tl.constexpr, MASK_KV: tl.constexpr, USE_PV_THRESHOLD: tl.constexpr,
+    PEEL_EDGE: tl.constexpr,
 ):
     # q: [B, H, SQ, D]; k, v: [B, H, SK, D] as (s, d) element strides (V may be stored [B, H, D, S_pad]);
     # q_scale: [B, H, NQ]; k_scale: [B, H, NK] (INT8 scales, softmax scale · log2 e folded into q_scale);
-    # v_scale: [B, H, D]; lut: [B, H, NQ, NK] int32; count: [B, H, NQ] int32; out: [B, H, SQ, D]
+    # v_scale: [B, H, D]; lut: [B, H, NQ, NK] int32; count: [B, H, NQ] int32; out: [B, H, SQ, D].
+    # Each kept block is computed in tiles of TILE_N keys (TILE_N divides BLOCK_N). PEEL_EDGE: the main loop runs
+    # without the end-of-sequence column mask and the partial last key block (always last in the ascending list)
+    # runs once after it.
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     off_b = pid_bh // H
     off_h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_n = tl.arange(0, TILE_N)
     offs_d = tl.arange(0, D)
     row_valid = offs_m < SQ
     q_ptrs = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd
@@ -90,6 +110,7 @@ def _block_sparse_attn_fwd_kernel(
     row = pid_bh * NQ + pid_m
     count = tl.load(COUNT + row)
     lut_row = LUT + row * NK
+    k_scale_row = K_SCALE + pid_bh * NK
     if QK_INT8:
         q_scale = tl.load(Q_SCALE + row)
     else:
@@ -98,24 +119,34 @@ def _block_sparse_attn_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    for it in range(0, count):
-        kb = tl.load(lut_row + it)
-        cols = kb * BLOCK_N + offs_n
-        kv_mask = cols < SK
-        col_bias = tl.where(kv_mask, 0.0, float("-inf"))
+    n_main = count
+    if PEEL_EDGE:
+        if (SK % BLOCK_N != 0) and count > 0:
+            if tl.load(lut_row + count - 1) == NK - 1:
+                n_main = count - 1
+    SUBS: tl.constexpr = BLOCK_N // TILE_N
+    for it in range(0, n_main * SUBS):
+        kb = tl.load(lut_row + it // SUBS)
         if QK_INT8:
-            tile_scale = q_scale * tl.load(K_SCALE + pid_bh * NK + kb)
+            tile_scale = q_scale * tl.load(k_scale_row + kb)
         else:
             tile_scale = q_scale
-        k_ptrs = k_base + cols[None, :] * stride_ks
-        v_ptrs = v_base + cols[:, None] * stride_vs
-        s = _tile_scores(q, k_ptrs, kv_mask, tile_scale, col_bias, QK_INT8, MASK_KV)
-        if USE_PV_THRESHOLD:
-            gap = tl.where(row_valid, tl.max(s, 1) - m_i, float("-inf"))
-            if tl.max(gap, 0) >= pv_threshold:
-                m_i, l_i, acc = _softmax_pv(s, v_ptrs, kv_mask, m_i, l_i, acc, PV_MODE, MASK_KV)
-        else:
-            m_i, l_i, acc = _softmax_pv(s, v_ptrs, kv_mask, m_i, l_i, acc, PV_MODE, MASK_KV)
+        cols = kb * BLOCK_N + (it % SUBS) * TILE_N + offs_n
+        m_i, l_i, acc = _attend_tile(q, cols, k_base, v_base, row_valid, tile_scale, m_i, l_i, acc, SK, stride_ks,
+                                     stride_vs, pv_threshold, QK_INT8, PV_MODE, MASK_KV, not PEEL_EDGE,
+                                     USE_PV_THRESHOLD)
+    if PEEL_EDGE:
+        if n_main < count:
+            if QK_INT8:
+                tile_scale = q_scale * tl.load(k_scale_row + NK - 1)
+            else:
+                tile_scale = q_scale
+            for sub in range(0, SUBS):
+                first = (NK - 1) * BLOCK_N + sub * TILE_N
+                if first < SK:  # a tile wholly past the end has no valid column
+                    m_i, l_i, acc = _attend_tile(q, first + offs_n, k_base, v_base, row_valid, tile_scale, m_i, l_i,
+                                                 acc, SK, stride_ks, stride_vs, pv_threshold, QK_INT8, PV_MODE,
+                                                 MASK_KV, True, USE_PV_THRESHOLD)
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
     if PV_MODE == 0:
@@ -145,6 +176,8 @@ def block_sparse_attn_fwd(
     v_transposed: bool = False,
     num_warps: Optional[int] = None,
     num_stages: Optional[int] = None,
+    peel_edge: Optional[bool] = None,
+    tile_n: Optional[int] = None,
 ) -> torch.Tensor:
     """Launch the block-sparse kernel; writes and returns ``out [B, H, Sq, D]``.
 
@@ -156,13 +189,23 @@ def block_sparse_attn_fwd(
             ``[B, H, S, D]`` in fp16 or the input dtype.
         lut, counts: kept key blocks per query block (`BlockMap.to_lut` / `predict.select_blocks_fwd`).
         pv_threshold: λ in natural-log units (≤ 0) or None.
+        num_warps, num_stages, peel_edge, tile_n: launch settings; None picks the ones measured fastest on an H200
+            (`benchmarks/results/kernels_notes.md`): 4 warps; 3 stages (2 for 16-bit P·V at head dim 128, or where
+            three K/V stages would not fit in shared memory); a separate pass for the partial last key block except with 64-key tiles at head dim 64;
+            key tiles of ``block_n`` tokens, except 64 for 128-key blocks at head dim 128 outside the FP8 mode.
     """
     b, h, _, d = q.shape
     nq, nk = lut.shape[2], lut.shape[3]
     qk_int8 = q_scale is not None
     v_strides = (v.stride(0), v.stride(1), v.stride(3), v.stride(2)) if v_transposed else v.stride()
     num_warps = num_warps or 4
-    num_stages = num_stages or 3
+    if tile_n is None:
+        tile_n = 64 if (block_n == 128 and d == 128 and pv_mode != PV_FP8) else block_n
+    if block_n % tile_n:
+        raise ValueError(f"tile_n must divide block_n={block_n}, got {tile_n}")
+    if peel_edge is None:
+        peel_edge = tile_n == 128 or d == 128
+    num_stages = num_stages or _default_stages(q, k, v, block_m, tile_n, d, pv_mode)
     dummy = lut
     _block_sparse_attn_fwd_kernel[(nq, b * h)](
         q, k, v,
@@ -171,8 +214,27 @@ def block_sparse_attn_fwd(
         *q.stride(), *k.stride(), *v_strides, *out.stride(),
         h, seq_len_q, seq_len_k, nq, nk, softmax_scale * LOG2E,
         (pv_threshold if pv_threshold is not None else -math.inf) * LOG2E,
-        BLOCK_M=block_m, BLOCK_N=block_n, D=d, QK_INT8=qk_int8, PV_MODE=pv_mode,
-        MASK_KV=not qk_int8, USE_PV_THRESHOLD=pv_threshold is not None,
+        BLOCK_M=block_m, BLOCK_N=block_n, TILE_N=tile_n, D=d, QK_INT8=qk_int8, PV_MODE=pv_mode,
+        MASK_KV=not qk_int8, USE_PV_THRESHOLD=pv_threshold is not None, PEEL_EDGE=peel_edge,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
+
+
+def _default_stages(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_m: int, tile_n: int, d: int,
+                    pv_mode: int) -> int:
+    """3 K/V pipeline stages where they fit in the device's shared memory (with 16 KiB to spare), else 2; 2 for the
+    16-bit P·V modes at head dim 128, where 3 measured 1–4% slower on an H200."""
+    if pv_mode != PV_FP8 and d == 128:
+        return 2
+    stage_bytes = tile_n * d * (k.element_size() + v.element_size())
+    needed = 3 * stage_bytes + block_m * d * q.element_size()
+    return 3 if needed + 16 * 1024 <= _shared_memory_bytes(q.device) else 2
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_memory_bytes(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1 << 30  # the interpreter has no limit
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]

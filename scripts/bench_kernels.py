@@ -30,7 +30,7 @@ SHAPES = {
     "mochi": (1, 24, 44776, 128),
 }
 ORACLE_HEADS = 2
-FIELDS = ["gpu", "torch", "triton", "shape", "B", "H", "S", "D", "section", "impl", "precision", "sparsity",
+FIELDS = ["gpu", "torch", "triton", "shape", "B", "H", "S", "D", "blocks", "section", "impl", "precision", "sparsity",
           "measured_sparsity", "ms", "eff_tflops", "x_cudnn", "rel_l1", "cosine", "note"]
 
 
@@ -68,9 +68,10 @@ class Bench:
         self.meta = {"gpu": props.name, "torch": torch.__version__, "triton": triton.__version__}
 
     def add(self, shape_name, shape, section, impl, ms, *, precision="bf16", sparsity=0.0, measured=None,
-            cudnn_ms=None, out=None, oracle=None, note=""):
+            cudnn_ms=None, out=None, oracle=None, note="", blocks=""):
         b, h, s, d = shape
-        row = dict(self.meta, shape=shape_name, B=b, H=h, S=s, D=d, section=section, impl=impl, precision=precision,
+        row = dict(self.meta, shape=shape_name, B=b, H=h, S=s, D=d, blocks=blocks, section=section, impl=impl,
+                   precision=precision,
                    sparsity=sparsity, measured_sparsity="" if measured is None else round(measured, 4),
                    ms=round(ms, 4), eff_tflops=round(4 * b * h * s * s * d / ms / 1e9, 1),
                    x_cudnn="" if cudnn_ms is None else round(cudnn_ms / ms, 3), rel_l1="", cosine="", note=note)
@@ -78,18 +79,17 @@ class Bench:
             part = out[:, :ORACLE_HEADS].float()
             row["rel_l1"], row["cosine"] = round(relative_l1(part, oracle), 5), round(cosine_similarity(part, oracle), 6)
         self.rows.append(row)
-        print(f"{shape_name:<12} {section:<10} {impl:<28} {precision:<9} sp={sparsity:<4} {ms:8.3f} ms "
+        print(f"{shape_name:<12} {blocks:<7} {section:<10} {impl:<28} {precision:<9} sp={sparsity:<4} {ms:8.3f} ms "
               f"{row['eff_tflops']:7.1f} TFLOPS x{row['x_cudnn']} relL1={row['rel_l1']}", flush=True)
 
 
-def run_shape(bench: Bench, name: str, shape, sparsities, topks):
+def run_shape(bench: Bench, name: str, shape, sparsities, topks, block_sizes):
     b, h, s, d = shape
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(b, h, s, d, generator=gen, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
         oracle = torch.nn.functional.scaled_dot_product_attention(
             *(x[:, :ORACLE_HEADS].float() for x in (q, k, v)))
-    scale = d ** -0.5
 
     def sdpa(backend):
         with sdpa_kernel(backend):
@@ -110,7 +110,20 @@ def run_shape(bench: Bench, name: str, shape, sparsities, topks):
     except Exception as error:  # report the peer as missing, keep the run going
         print(f"sageattention unavailable: {error}")
 
-    bm, bn = 128, 64
+    for sparsity in sparsities:
+        flex_row(bench, name, shape, q, k, v, sparsity, cudnn_ms)
+    for bn in block_sizes:
+        run_ours(bench, name, shape, q, k, v, oracle, cudnn_ms, sparsities, topks, SpargeConfig.block_m, bn)
+
+
+def run_ours(bench: Bench, name: str, shape, q, k, v, oracle, cudnn_ms, sparsities, topks, bm, bn):
+    """Our kernel, whole call and overhead rows with ``bm × bn`` blocks (rows tagged with the block sizes)."""
+    b, h, s, d = shape
+    scale = d ** -0.5
+
+    def add(*args, **kwargs):
+        bench.add(*args, blocks=f"{bm}x{bn}", **kwargs)
+
     nq, nk = triton.cdiv(s, bm), triton.cdiv(s, bn)
     prepare = dict(block_m=bm, block_n=bn, q_scale_mult=scale * block_sparse_attn.LOG2E)
     q8, q_scale, k8, k_scale, v8, v_scale, *_ = quantize.prepare_fwd(q, k, v, **prepare)
@@ -147,29 +160,29 @@ def run_shape(bench: Bench, name: str, shape, sparsities, topks):
                 continue
             out = kernel(lut, counts).clone()
             ms = timed(lambda: kernel(lut, counts))
-            bench.add(name, shape, "given-mask", "sparge kernel only", ms, precision=precision, sparsity=sparsity,
+            add(name, shape, "given-mask", "sparge kernel only", ms, precision=precision, sparsity=sparsity,
                       measured=measured, cudnn_ms=cudnn_ms, out=out, oracle=oracle_here)
             if precision == "int8-fp8":
-                bench.add(name, shape, "given-mask", "sparge quantize+kernel", ms + quant_ms, precision=precision,
+                add(name, shape, "given-mask", "sparge quantize+kernel", ms + quant_ms, precision=precision,
                           sparsity=sparsity, measured=measured, cudnn_ms=cudnn_ms, note="sum of two timings")
-        flex_row(bench, name, shape, q, k, v, sparsity, cudnn_ms)
 
     for predictor in ("sparge", "lse"):
         for topk in topks:
-            config = SpargeConfig(topk=topk, sim_threshold=None, predictor=predictor, check_finite=False)
+            config = SpargeConfig(topk=topk, sim_threshold=None, predictor=predictor, check_finite=False,
+                                  block_m=bm, block_n=bn)
             out, stats = sparge_attn(q, k, v, config=config, return_stats=True)
             ms = timed(lambda: sparge_attn(q, k, v, config=config))
             label = f"{predictor} topk={topk}"
-            bench.add(name, shape, "whole-call", label, ms, precision="int8-fp8", sparsity=1 - topk,
+            add(name, shape, "whole-call", label, ms, precision="int8-fp8", sparsity=1 - topk,
                       measured=stats.mean_sparsity, cudnn_ms=cudnn_ms, out=out, oracle=oracle,
                       note="relL1 vs dense oracle (random inputs: near-uniform attention)")
             ms = graph_timed(lambda: sparge_attn(q, k, v, config=config))
-            bench.add(name, shape, "whole-call", f"{label} (CUDA graph)", ms, precision="int8-fp8",
+            add(name, shape, "whole-call", f"{label} (CUDA graph)", ms, precision="int8-fp8",
                       sparsity=1 - topk, measured=stats.mean_sparsity, cudnn_ms=cudnn_ms,
                       note="same call replayed from a CUDA graph")
-    config = SpargeConfig(topk=1.0, predictor="full", check_finite=False)
+    config = SpargeConfig(topk=1.0, predictor="full", check_finite=False, block_m=bm, block_n=bn)
     out = sparge_attn(q, k, v, config=config)
-    bench.add(name, shape, "whole-call", "sparge full (quantized dense)", timed(lambda: sparge_attn(q, k, v, config=config)),
+    add(name, shape, "whole-call", "sparge full (quantized dense)", timed(lambda: sparge_attn(q, k, v, config=config)),
               precision="int8-fp8", measured=0.0, cudnn_ms=cudnn_ms, out=out, oracle=oracle)
 
     selection = dict(seq_len_q=s, seq_len_k=s, block_m=bm, block_n=bn, scale=scale, topk=0.5, cdf_threshold=None)
@@ -200,9 +213,9 @@ def run_shape(bench: Bench, name: str, shape, sparsities, topks):
                       ("lse prediction+quantization", lse_predict_and_quantize)):
         for suffix, timer in (("", timed), (" (CUDA graph)", graph_timed)):
             ms = timer(fn)
-            bench.add(name, shape, "overhead", label + suffix, ms, precision="int8-fp8", cudnn_ms=cudnn_ms,
+            add(name, shape, "overhead", label + suffix, ms, precision="int8-fp8", cudnn_ms=cudnn_ms,
                       note=f"{100 * ms / cudnn_ms:.2f}% of dense cuDNN")
-    bench.add(name, shape, "overhead", "quantization only", quant_ms, precision="int8-fp8", cudnn_ms=cudnn_ms,
+    add(name, shape, "overhead", "quantization only", quant_ms, precision="int8-fp8", cudnn_ms=cudnn_ms,
               note=f"{100 * quant_ms / cudnn_ms:.2f}% of dense cuDNN")
     lse_stats = quantize.prepare_fwd(q, k, v, stats="lse", softmax_scale=scale, **prepare)
     parts = {
@@ -213,7 +226,7 @@ def run_shape(bench: Bench, name: str, shape, sparsities, topks):
         "part: block-sparse kernel, full mask": lambda: kernel_fp8(*dispatch.full_lut(b, h, s, s, bm, bn, "cuda")),
     }
     for label, fn in parts.items():
-        bench.add(name, shape, "overhead", label, graph_timed(fn), precision="int8-fp8", cudnn_ms=cudnn_ms,
+        add(name, shape, "overhead", label, graph_timed(fn), precision="int8-fp8", cudnn_ms=cudnn_ms,
                   note="CUDA graph")
 
 
@@ -279,10 +292,10 @@ def write(bench: Bench, out_prefix: str):
              f"torch {bench.meta['torch']}, Triton {bench.meta['triton']}, Python {platform.python_version()}; "
              "`triton.testing.do_bench` median; random normal bf16 inputs; x cuDNN = cuDNN SDPA time in the same "
              "run / time; relL1 against an fp32 oracle on the first two heads.", "",
-             "| shape | section | impl | precision | sparsity | ms | eff. TFLOPS | x cuDNN | relL1 | note |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| shape | blocks | section | impl | precision | sparsity | ms | eff. TFLOPS | x cuDNN | relL1 | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in bench.rows:
-        lines.append(f"| {row['shape']} | {row['section']} | {row['impl']} | {row['precision']} | "
+        lines.append(f"| {row['shape']} | {row['blocks']} | {row['section']} | {row['impl']} | {row['precision']} | "
                      f"{row['measured_sparsity'] if row['measured_sparsity'] != '' else row['sparsity']} | {row['ms']} | "
                      f"{row['eff_tflops']} | {row['x_cudnn']} | {row['rel_l1']} | {row['note']} |")
     with open(out_prefix + ".md", "w") as handle:
@@ -295,6 +308,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.0, 0.5, 0.8, 0.9])
     parser.add_argument("--topks", type=float, nargs="+", default=[0.5, 0.2])
+    parser.add_argument("--block-n", type=int, nargs="+", default=[SpargeConfig.block_n], choices=[64, 128],
+                        help=f"key block sizes of our rows (default: {SpargeConfig.block_n}, SpargeConfig's)")
     parser.add_argument("--tune", action="store_true", help="only time kernel launch settings")
     args = parser.parse_args(argv)
     if args.tune:
@@ -302,7 +317,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     bench = Bench(args)
     for name in args.shapes:
-        run_shape(bench, name, SHAPES[name], args.sparsities, args.topks)
+        run_shape(bench, name, SHAPES[name], args.sparsities, args.topks, args.block_n)
         write(bench, args.out)
         torch.cuda.empty_cache()
     return 0

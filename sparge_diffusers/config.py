@@ -84,7 +84,7 @@ class SpargeConfig:
     pv_threshold: Optional[float] = None
     predictor: str = "lse"
     block_m: int = 128
-    block_n: int = 64
+    block_n: int = 128
     precision: str = "int8-fp8"
     reorder: str = "hilbert"
     keep_token_ranges: Tuple[TokenRange, ...] = ()

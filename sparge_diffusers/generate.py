@@ -364,6 +364,14 @@ def resolve_sim_threshold(value, model: str):
     return None if model in EMBEDDED_MODELS else SpargeConfig.sim_threshold
 
 
+def resolve_block_n(value, model: str) -> int:
+    """``--block-n auto``: SpargeConfig's key block for real models, 64 tokens for the embedded tiny ones, whose
+    sequences hold only a few 128-token blocks (too coarse for top-k to select anything)."""
+    if value != "auto":
+        return int(value)
+    return 64 if model in EMBEDDED_MODELS else SpargeConfig.block_n
+
+
 def slugify(text: str, limit: int = 60) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return (slug[:limit].rstrip("-") or "prompt")
@@ -443,6 +451,7 @@ def add_parser(subparsers) -> None:
     group.add_argument("--pv-threshold", type=_optional_float, default=None, metavar="LAMBDA",
                        help="λ <= 0: skip P·V of blocks far below the running max (default: off)")
     group.add_argument("--precision", choices=PRECISIONS, default=SpargeConfig.precision)
+    add_block_argument(group)
     group.add_argument("--reorder", choices=REORDERS, default=SpargeConfig.reorder)
     group.add_argument("--dense-steps", type=int, default=0, metavar="N", help="first N steps stay dense")
     group.add_argument("--dense", action="store_true", help="render with the stock dense attention only")
@@ -451,6 +460,12 @@ def add_parser(subparsers) -> None:
     group.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
                        help="untimed warm-up call before each timed render (default: on with --compare-dense)")
     parser.set_defaults(run=run)
+
+
+def add_block_argument(group) -> None:
+    group.add_argument("--block-n", choices=("auto", "64", "128"), default="auto",
+                       help=f"key block size in tokens (default: {SpargeConfig.block_n}, but 64 for the embedded "
+                            "tiny models)")
 
 
 def config_from_args(args: argparse.Namespace) -> SpargeConfig:
@@ -465,7 +480,7 @@ def config_from_args(args: argparse.Namespace) -> SpargeConfig:
                             predictor=args.predictor,
                             sim_threshold=resolve_sim_threshold(args.sim_threshold, args.model),
                             pv_threshold=args.pv_threshold, precision=args.precision, reorder=args.reorder,
-                            dense_steps=args.dense_steps)
+                            dense_steps=args.dense_steps, block_n=resolve_block_n(args.block_n, args.model))
     except ValueError as error:
         raise UsageError(str(error)) from None
 

@@ -68,14 +68,17 @@ def config_label(config: SpargeConfig) -> str:
     selection = f"topk={config.topk:g}" if config.topk is not None else f"tau={config.cdf_threshold:g}"
     sim = "off" if config.sim_threshold is None else f"{config.sim_threshold:g}"
     pv = "off" if config.pv_threshold is None else f"{config.pv_threshold:g}"
-    return f"{selection} sim={sim} pv={pv} dense_steps={config.dense_steps} {config.reorder} {config.precision}"
+    label = f"{selection} sim={sim} pv={pv} dense_steps={config.dense_steps} {config.reorder} {config.precision}"
+    return label if config.block_n == SpargeConfig.block_n else f"{label} kblock={config.block_n}"
 
 
 def expand_grid(topk: Sequence[float] = (), cdf_threshold: Sequence[float] = (),
                 sim_threshold: Sequence[Optional[float]] = (SpargeConfig.sim_threshold,),
                 pv_threshold: Sequence[Optional[float]] = (None,), dense_steps: Sequence[int] = (0,),
-                reorder: Sequence[str] = ("hilbert",), precision: Sequence[str] = ("int8-fp8",)) -> List[SpargeConfig]:
-    """Every `SpargeConfig` of the grid (top-k values first, then τ values), duplicates removed.
+                reorder: Sequence[str] = ("hilbert",), precision: Sequence[str] = ("int8-fp8",),
+                block_n: int = SpargeConfig.block_n) -> List[SpargeConfig]:
+    """Every `SpargeConfig` of the grid (top-k values first, then τ values), duplicates removed; ``block_n`` is the
+    key block size of every config (not a grid axis).
 
     Raises:
         UsageError: a value SpargeConfig rejects (its message), or an empty grid.
@@ -89,7 +92,7 @@ def expand_grid(topk: Sequence[float] = (), cdf_threshold: Sequence[float] = (),
         try:
             config = SpargeConfig(topk=value if kind == "topk" else None,
                                   cdf_threshold=value if kind == "cdf" else None, sim_threshold=sim,
-                                  pv_threshold=pv, dense_steps=steps, reorder=order, precision=prec)
+                                  pv_threshold=pv, dense_steps=steps, reorder=order, precision=prec, block_n=block_n)
         except ValueError as error:
             raise UsageError(str(error)) from None
         configs.setdefault(config_label(config), config)
@@ -511,7 +514,7 @@ def write_report(path: Path, summary: Sequence[dict], rows: Sequence[dict], meta
 
 
 def add_parser(subparsers) -> None:
-    from .generate import _optional_float, add_model_arguments
+    from .generate import _optional_float, add_block_argument, add_model_arguments
 
     parser = subparsers.add_parser(
         "sweep", help="quality versus speed over prompts × a grid of sparse configs (CSV, PNG plot, report)",
@@ -533,6 +536,7 @@ def add_parser(subparsers) -> None:
     grid.add_argument("--dense-steps", type=int, nargs="+", default=[0], metavar="N")
     grid.add_argument("--reorder", nargs="+", choices=REORDERS, default=["hilbert"])
     grid.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["int8-fp8"])
+    add_block_argument(grid)
     add_model_arguments(parser)
     add_metric_arguments(parser)
     run_group = parser.add_argument_group("run")
@@ -572,7 +576,8 @@ def _clear(root: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .generate import _model_is_video, device_and_dtype, quiet_libraries, resolve_sim_threshold, settings_from_args
+    from .generate import (_model_is_video, device_and_dtype, quiet_libraries, resolve_block_n, resolve_sim_threshold,
+                           settings_from_args)
 
     root = check_writable_dir(args.out_dir)
     if args.merge_only:
@@ -584,7 +589,7 @@ def run(args: argparse.Namespace) -> int:
     topk = args.topk if args.topk is not None else ([] if args.cdf_threshold else [0.7, 0.5, 0.3])
     sim_thresholds = list(dict.fromkeys(resolve_sim_threshold(v, args.model) for v in args.sim_threshold))
     configs = expand_grid(topk, args.cdf_threshold, sim_thresholds, args.pv_threshold, args.dense_steps,
-                          args.reorder, args.precision)
+                          args.reorder, args.precision, resolve_block_n(args.block_n, args.model))
     if any(s < 0 for s in args.dense_steps):
         raise UsageError("--dense-steps values must be >= 0")
     settings = settings_from_args(args)

@@ -28,7 +28,8 @@ def test_sweep_end_to_end_and_resume(cli, fast, tmp_path, tiny_clip_dir, tiny_vq
     assert "6 render(s), 0 already done" in stdout
     rows = _rows(out)
     assert len(rows) == 6
-    labels = [DENSE_LABEL] + [f"topk={k} sim=off pv=off dense_steps=0 hilbert int8-fp8" for k in ("0.25", "0.5")]
+    labels = [DENSE_LABEL] + [f"topk={k} sim=off pv=off dense_steps=0 hilbert int8-fp8 kblock=64"
+                              for k in ("0.25", "0.5")]
     assert sorted({r["config"] for r in rows}) == sorted(labels)
     sparse = [r for r in rows if r["mode"] == "sparse"]
     for row in sparse:

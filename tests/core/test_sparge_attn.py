@@ -9,7 +9,7 @@ from sparge_diffusers import SpargeConfig, sparge_attn
 from sparge_diffusers._logging import reset_log_once
 from sparge_diffusers.kernels import reference as ref
 
-SPARSE = SpargeConfig(topk=0.5, sim_threshold=None, precision="int8-fp16")
+SPARSE = SpargeConfig(topk=0.5, sim_threshold=None, precision="int8-fp16", block_n=64)  # the reference's blocks
 
 
 def qkv(gen, b=1, h=2, s=300, d=64, dtype=torch.float32):

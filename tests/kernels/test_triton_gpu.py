@@ -26,16 +26,17 @@ def qkv(b, h, s, d, dtype=torch.bfloat16, seed=0):
 @pytest.mark.parametrize("seq_len", [1, 63, 97, 1000, 4001, 17776])
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("precision", ["int8-fp8", "int8-fp16", "bf16"])
-def test_fused_call_matches_reference(seq_len, head_dim, precision):
+@pytest.mark.parametrize("block_n", [64, 128])
+def test_fused_call_matches_reference(seq_len, head_dim, precision, block_n):
     q, k, v = qkv(2 if seq_len <= 4001 else 1, 2, seq_len, head_dim)
     for pv_threshold in (None, -4.0):
         out, lut, counts = dispatch.sparge_attention_triton(
-            q, k, v, scale=head_dim ** -0.5, block_m=128, block_n=64, topk=0.5, cdf_threshold=None,
+            q, k, v, scale=head_dim ** -0.5, block_m=128, block_n=block_n, topk=0.5, cdf_threshold=None,
             sim_threshold=None, pv_threshold=pv_threshold, precision=precision, keep_ranges=[(0, 50)],
             predictor="sparge")
         expected, mask = ref.naive_sparge_attention(
-            q, k, v, scale=head_dim ** -0.5, topk=0.5, pv_threshold=pv_threshold, precision=precision,
-            keep_ranges=[(0, 50)])
+            q, k, v, scale=head_dim ** -0.5, block_n=block_n, topk=0.5, pv_threshold=pv_threshold,
+            precision=precision, keep_ranges=[(0, 50)])
         assert torch.isfinite(out).all()
         assert (block_mask_from_lut(lut, counts) != mask).float().mean() < 0.01
         assert ref.relative_l1(out, expected) < EMULATION_RELL1[precision], precision

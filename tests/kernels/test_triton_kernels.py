@@ -126,19 +126,39 @@ def test_block_sparse_attention_matches_reference(gen, seq_len, head_dim, precis
         assert ref.relative_l1(out, expected) < EMULATION_RELL1
 
 
-def _run_kernel(q, k, v, lut, counts, precision, pv_threshold):
+@pytest.mark.parametrize("seq_len", [97, 513])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("precision", ["int8-fp16", "bf16"])
+@pytest.mark.parametrize("block_n", [64, 128])
+@pytest.mark.parametrize("peel_edge", [True, False], ids=["edge-pass", "masked-loop"])
+def test_key_tile_and_edge_pass_match_reference(gen, seq_len, head_dim, precision, block_n, peel_edge):
+    q, k, v = qkv(gen, 1, 2, seq_len, head_dim)
+    mask = torch.rand(1, 2, ref.num_blocks(seq_len, 128), ref.num_blocks(seq_len, block_n), generator=gen) < 0.5
+    mask[0, 0, :, -1] = True
+    mask[0, 1, 0, -1] = False
+    for pv_threshold in (None, -3.0):
+        lut, counts = BlockMap(mask, 128, block_n, seq_len, seq_len).to_lut()
+        out = _run_kernel(q, k, v, lut, counts, precision, pv_threshold, block_n=block_n, peel_edge=peel_edge)
+        expected = ref.naive_block_sparse_attention(q, k, v, mask, block_m=128, block_n=block_n,
+                                                    scale=head_dim ** -0.5, precision=precision,
+                                                    pv_threshold=pv_threshold)
+        assert torch.isfinite(out).all()
+        assert ref.relative_l1(out, expected) < EMULATION_RELL1
+
+
+def _run_kernel(q, k, v, lut, counts, precision, pv_threshold, block_n=64, peel_edge=None):
     seq_len, head_dim = q.shape[-2], q.shape[-1]
     scale = head_dim ** -0.5
     out = torch.empty_like(q)
-    kwargs = dict(seq_len_q=seq_len, seq_len_k=k.shape[-2], block_m=128, block_n=64, softmax_scale=scale,
-                  pv_threshold=pv_threshold)
+    kwargs = dict(seq_len_q=seq_len, seq_len_k=k.shape[-2], block_m=128, block_n=block_n, softmax_scale=scale,
+                  pv_threshold=pv_threshold, peel_edge=peel_edge)
     if precision == "bf16":
         return block_sparse_attn.block_sparse_attn_fwd(q, k, v, lut, counts, out, pv_mode=block_sparse_attn.PV_NATIVE,
                                                        **kwargs)
-    prepared = quantize.prepare_fwd(q, k, None, block_m=128, block_n=64, v_fp8=False,
+    prepared = quantize.prepare_fwd(q, k, None, block_m=128, block_n=block_n, v_fp8=False,
                                     q_scale_mult=scale * block_sparse_attn.LOG2E)
     return block_sparse_attn.block_sparse_attn_fwd(
-        prepared.q_int8, prepared.k_int8, dispatch.padded_fp16(v, 64), lut, counts, out,
+        prepared.q_int8, prepared.k_int8, dispatch.padded_fp16(v, block_n), lut, counts, out,
         pv_mode=block_sparse_attn.PV_FP16, q_scale=prepared.q_scale, k_scale=prepared.k_scale, **kwargs)
 
 

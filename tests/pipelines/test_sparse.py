@@ -18,7 +18,7 @@ SPARSITY_RANGE = (0.35, 0.5)
 # (CogVideoX), 0.999996 (Flux); random weights spread attention mass widely, the hard case for block dropping.
 MIN_COSINE = 0.99
 
-SPARSE = SpargeConfig(topk=0.5, sim_threshold=None, precision="bf16")
+SPARSE = SpargeConfig(topk=0.5, sim_threshold=None, precision="bf16", block_n=64)  # tiny sequences
 
 
 def _forward(transformer, inputs):
