@@ -24,6 +24,14 @@ PV_FP8, PV_FP16, PV_NATIVE = 0, 1, 2
 
 
 @triton.jit
+def _tile_scale(q_scale, K_SCALE_ROW, kb, QK_INT8: tl.constexpr):
+    # Dequantization factor of key block ``kb`` (q_scale already holds softmax scale · log2 e).
+    if QK_INT8:
+        return q_scale * tl.load(K_SCALE_ROW + kb)
+    return q_scale
+
+
+@triton.jit
 def _attend_tile(q, cols, k_base, v_base, row_valid, tile_scale, m_i, l_i, acc, SK, stride_ks, stride_vs,
                  pv_threshold, QK_INT8: tl.constexpr, PV_MODE: tl.constexpr, MASK_KV: tl.constexpr,
                  EDGE: tl.constexpr, USE_PV_THRESHOLD: tl.constexpr):
@@ -127,20 +135,13 @@ def _block_sparse_attn_fwd_kernel(
     SUBS: tl.constexpr = BLOCK_N // TILE_N
     for it in range(0, n_main * SUBS):
         kb = tl.load(lut_row + it // SUBS)
-        if QK_INT8:
-            tile_scale = q_scale * tl.load(k_scale_row + kb)
-        else:
-            tile_scale = q_scale
         cols = kb * BLOCK_N + (it % SUBS) * TILE_N + offs_n
-        m_i, l_i, acc = _attend_tile(q, cols, k_base, v_base, row_valid, tile_scale, m_i, l_i, acc, SK, stride_ks,
-                                     stride_vs, pv_threshold, QK_INT8, PV_MODE, MASK_KV, not PEEL_EDGE,
-                                     USE_PV_THRESHOLD)
+        m_i, l_i, acc = _attend_tile(q, cols, k_base, v_base, row_valid, _tile_scale(q_scale, k_scale_row, kb, QK_INT8),
+                                     m_i, l_i, acc, SK, stride_ks, stride_vs, pv_threshold, QK_INT8, PV_MODE, MASK_KV,
+                                     not PEEL_EDGE, USE_PV_THRESHOLD)
     if PEEL_EDGE:
         if n_main < count:
-            if QK_INT8:
-                tile_scale = q_scale * tl.load(k_scale_row + NK - 1)
-            else:
-                tile_scale = q_scale
+            tile_scale = _tile_scale(q_scale, k_scale_row, NK - 1, QK_INT8)
             for sub in range(0, SUBS):
                 first = (NK - 1) * BLOCK_N + sub * TILE_N
                 if first < SK:  # a tile wholly past the end has no valid column
@@ -189,10 +190,11 @@ def block_sparse_attn_fwd(
             ``[B, H, S, D]`` in fp16 or the input dtype.
         lut, counts: kept key blocks per query block (`BlockMap.to_lut` / `predict.select_blocks_fwd`).
         pv_threshold: λ in natural-log units (≤ 0) or None.
-        num_warps, num_stages, peel_edge, tile_n: launch settings; None picks the ones measured fastest on an H200
+        num_warps, num_stages, peel_edge, tile_n: launch settings; None picks the ones measured on an H200
             (`benchmarks/results/kernels_notes.md`): 4 warps; 3 stages (2 for 16-bit P·V at head dim 128, or where
-            three K/V stages would not fit in shared memory); a separate pass for the partial last key block except with 64-key tiles at head dim 64;
-            key tiles of ``block_n`` tokens, except 64 for 128-key blocks at head dim 128 outside the FP8 mode.
+            three K/V stages would not fit in shared memory); a separate pass for the partial last key block, except
+            with 64-key tiles at head dim 64; key tiles of ``block_n`` tokens, except 64 for 128-key blocks at head
+            dim 128 outside the FP8 mode.
     """
     b, h, _, d = q.shape
     nq, nk = lut.shape[2], lut.shape[3]
@@ -224,7 +226,8 @@ def block_sparse_attn_fwd(
 def _default_stages(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_m: int, tile_n: int, d: int,
                     pv_mode: int) -> int:
     """3 K/V pipeline stages where they fit in the device's shared memory (with 16 KiB to spare), else 2; 2 for the
-    16-bit P·V modes at head dim 128, where 3 measured 1–4% slower on an H200."""
+    16-bit P·V modes at head dim 128 (H200: 2–5% faster with 64-key blocks; with 128-key blocks in 64-key tiles
+    INT8/FP16 1–2% faster, bf16 0.4–1% slower)."""
     if pv_mode != PV_FP8 and d == 128:
         return 2
     stage_bytes = tile_n * d * (k.element_size() + v.element_size())
