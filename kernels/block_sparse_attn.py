@@ -34,7 +34,7 @@ def _tile_scale(q_scale, K_SCALE_ROW, kb, QK_INT8: tl.constexpr):
 @triton.jit
 def _attend_tile(q, cols, k_base, v_base, row_valid, tile_scale, m_i, l_i, acc, SK, stride_ks, stride_vs,
                  pv_threshold, QK_INT8: tl.constexpr, PV_MODE: tl.constexpr, MASK_KV: tl.constexpr,
-                 EDGE: tl.constexpr, USE_PV_THRESHOLD: tl.constexpr):
+                 EDGE: tl.constexpr, USE_PV_THRESHOLD: tl.constexpr, INT_MAGIC: tl.constexpr):
     # Key columns ``cols`` [TILE_N]: scores, the λ test, the online softmax and P·V.
     kv_mask = cols < SK
     k_ptrs = k_base + cols[None, :] * stride_ks
@@ -43,7 +43,13 @@ def _attend_tile(q, cols, k_base, v_base, row_valid, tile_scale, m_i, l_i, acc, 
         k = tl.load(k_ptrs, mask=kv_mask[None, :], other=0.0)
     else:
         k = tl.load(k_ptrs)
-    if QK_INT8:
+    if QK_INT8 and INT_MAGIC:
+        # int32 -> fp32 without the quarter-rate I2F: 1.5 * 2**23 + score is exact in fp32 for |score| < 2**22
+        # (INT8 dots of D <= 128). The scale is cut to 22 mantissa bits so that 1.5 * 2**23 * scale is exact too.
+        scale22 = (tile_scale.to(tl.int32, bitcast=True) & -4).to(tl.float32, bitcast=True)
+        raw = (tl.dot(q, k) + 0x4B400000).to(tl.float32, bitcast=True)
+        s = tl.fma(raw, scale22, -12582912.0 * scale22)  # [BLOCK_M, TILE_N], log2 units
+    elif QK_INT8:
         s = tl.dot(q, k).to(tl.float32) * tile_scale  # [BLOCK_M, TILE_N], log2 units
     else:
         s = tl.dot(q, k) * tile_scale
@@ -92,7 +98,7 @@ def _block_sparse_attn_fwd_kernel(
     H, SQ, SK, NQ, NK, qk_scale, pv_threshold,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_N: tl.constexpr, D: tl.constexpr,
     QK_INT8: tl.constexpr, PV_MODE: tl.constexpr, MASK_KV: tl.constexpr, USE_PV_THRESHOLD: tl.constexpr,
-    PEEL_EDGE: tl.constexpr,
+    PEEL_EDGE: tl.constexpr, INT_MAGIC: tl.constexpr,
 ):
     # q: [B, H, SQ, D]; k, v: [B, H, SK, D] as (s, d) element strides (V may be stored [B, H, D, S_pad]);
     # q_scale: [B, H, NQ]; k_scale: [B, H, NK] (INT8 scales, softmax scale · log2 e folded into q_scale);
@@ -138,7 +144,7 @@ def _block_sparse_attn_fwd_kernel(
         cols = kb * BLOCK_N + (it % SUBS) * TILE_N + offs_n
         m_i, l_i, acc = _attend_tile(q, cols, k_base, v_base, row_valid, _tile_scale(q_scale, k_scale_row, kb, QK_INT8),
                                      m_i, l_i, acc, SK, stride_ks, stride_vs, pv_threshold, QK_INT8, PV_MODE, MASK_KV,
-                                     not PEEL_EDGE, USE_PV_THRESHOLD)
+                                     not PEEL_EDGE, USE_PV_THRESHOLD, INT_MAGIC)
     if PEEL_EDGE:
         if n_main < count:
             tile_scale = _tile_scale(q_scale, k_scale_row, NK - 1, QK_INT8)
@@ -147,7 +153,7 @@ def _block_sparse_attn_fwd_kernel(
                 if first < SK:  # a tile wholly past the end has no valid column
                     m_i, l_i, acc = _attend_tile(q, first + offs_n, k_base, v_base, row_valid, tile_scale, m_i, l_i,
                                                  acc, SK, stride_ks, stride_vs, pv_threshold, QK_INT8, PV_MODE,
-                                                 MASK_KV, True, USE_PV_THRESHOLD)
+                                                 MASK_KV, True, USE_PV_THRESHOLD, INT_MAGIC)
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
     if PV_MODE == 0:
@@ -179,6 +185,8 @@ def block_sparse_attn_fwd(
     num_stages: Optional[int] = None,
     peel_edge: Optional[bool] = None,
     tile_n: Optional[int] = None,
+    int_magic: Optional[bool] = None,
+    max_registers: Optional[int] = None,
 ) -> torch.Tensor:
     """Launch the block-sparse kernel; writes and returns ``out [B, H, Sq, D]``.
 
@@ -190,11 +198,14 @@ def block_sparse_attn_fwd(
             ``[B, H, S, D]`` in fp16 or the input dtype.
         lut, counts: kept key blocks per query block (`BlockMap.to_lut` / `predict.select_blocks_fwd`).
         pv_threshold: λ in natural-log units (≤ 0) or None.
-        num_warps, num_stages, peel_edge, tile_n: launch settings; None picks the ones measured on an H200
-            (`benchmarks/results/kernels_notes.md`): 4 warps; 3 stages (2 for 16-bit P·V at head dim 128, or where
-            three K/V stages would not fit in shared memory); a separate pass for the partial last key block, except
-            with 64-key tiles at head dim 64; key tiles of ``block_n`` tokens, except 64 for 128-key blocks at head
-            dim 128 outside the FP8 mode.
+        num_warps, num_stages, peel_edge, tile_n, int_magic, max_registers: launch settings; None picks the ones
+            measured on an H200 (`benchmarks/results/kernels_notes.md`): 4 warps; 3 stages (2 for 16-bit P·V at
+            head dim 128, or where three K/V stages would not fit in shared memory); a separate pass for the partial
+            last key block, except with 64-key tiles at head dim 64; key tiles of ``block_n`` tokens, except 64 for
+            128-key blocks at head dim 128 outside the FP8 mode; INT32 scores converted by the magic-number add
+            instead of I2F in the INT8/FP16 mode only (2–6% faster there, slower with FP8 P·V); a 168-register cap
+            (three CTAs per SM) for the FP8 mode at head dim 64 on Hopper only (2–4% faster there, slower
+            elsewhere).
     """
     b, h, _, d = q.shape
     nq, nk = lut.shape[2], lut.shape[3]
@@ -207,6 +218,12 @@ def block_sparse_attn_fwd(
         raise ValueError(f"tile_n must divide block_n={block_n}, got {tile_n}")
     if peel_edge is None:
         peel_edge = tile_n == 128 or d == 128
+    if int_magic is None:
+        int_magic = qk_int8 and pv_mode == PV_FP16
+    if int_magic and (not qk_int8 or d * 127 * 127 >= 1 << 22):
+        raise ValueError(f"int_magic needs INT8 Q·Kᵀ with head dim <= 128 (|scores| < 2**22), got head dim {d}")
+    if max_registers is None and pv_mode == PV_FP8 and d == 64 and _is_hopper(q.device):
+        max_registers = 168
     num_stages = num_stages or _default_stages(q, k, v, block_m, tile_n, d, pv_mode)
     dummy = lut
     _block_sparse_attn_fwd_kernel[(nq, b * h)](
@@ -218,7 +235,8 @@ def block_sparse_attn_fwd(
         (pv_threshold if pv_threshold is not None else -math.inf) * LOG2E,
         BLOCK_M=block_m, BLOCK_N=block_n, TILE_N=tile_n, D=d, QK_INT8=qk_int8, PV_MODE=pv_mode,
         MASK_KV=not qk_int8, USE_PV_THRESHOLD=pv_threshold is not None, PEEL_EDGE=peel_edge,
-        num_warps=num_warps, num_stages=num_stages,
+        INT_MAGIC=int_magic, num_warps=num_warps, num_stages=num_stages,
+        **({} if max_registers is None else dict(maxnreg=max_registers)),
     )
     return out
 
@@ -233,6 +251,11 @@ def _default_stages(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_m: 
     stage_bytes = tile_n * d * (k.element_size() + v.element_size())
     needed = 3 * stage_bytes + block_m * d * q.element_size()
     return 3 if needed + 16 * 1024 <= _shared_memory_bytes(q.device) else 2
+
+
+@functools.lru_cache(maxsize=16)
+def _is_hopper(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
 
 
 @functools.lru_cache(maxsize=16)

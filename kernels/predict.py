@@ -1,7 +1,8 @@
 """Stage-1 block selection: from pooled scores to a compact list of kept key blocks per query block.
 
 One program per (batch·head, query block) reads a row of block logits: pooled ``q̄ᵢ k̄ⱼᵀ`` (a small batched matmul
-of the block means from `quantize.prepare_fwd`) or the "lse" block log-masses that `quantize.prepare_fwd` computes.
+of the block means from `quantize.prepare_fwd`, or computed in the program for short sequences) or the "lse" block
+log-masses that `quantize.prepare_fwd` computes.
 It applies the softmax over key blocks, the self-similarity test θ and the always-kept ranges, selects by top-k,
 TopCdf τ (SpargeAttn, arXiv 2502.18137, Sec. 3.2) or a dropped-mass budget with a bitonic sort in registers, and
 writes the kept indices in ascending order. Ground truth: `reference.naive_predict_block_mask`,
@@ -22,15 +23,22 @@ from .reference import blocks_touching
 
 __all__ = ["forced_blocks", "lse_block_logits_fwd", "lut_from_mask", "select_blocks_fwd"]
 
+# Up to this many key blocks (padded to a power of two) the selection kernel computes its own row of pooled scores
+# instead of reading the output of a separate batched matmul. H200, Flux at 1024² (36 key blocks): 6.0 µs for the
+# merged launch against 6.8 µs (cuBLAS) + 3.9 µs (selection). From 139 key blocks on, every program would re-read
+# all key-block means from L2.
+POOL_IN_KERNEL_UP_TO = 64
+
 
 @triton.jit
 def _select_blocks_fwd_kernel(
-    LOGITS, Q_SIM, K_SIM, FORCED_Q, FORCED_K, LUT, COUNT,
+    LOGITS, Q_MEAN, K_MEAN, Q_SIM, K_SIM, FORCED_Q, FORCED_K, LUT, COUNT,
     NQ, NK, SK, scale, sim_threshold, topk_count, cdf_threshold,
     BLOCK_N: tl.constexpr, NK_PAD: tl.constexpr, MODE: tl.constexpr, USE_SIM: tl.constexpr,
-    POOLED: tl.constexpr,
+    POOLED: tl.constexpr, POOL_IN_KERNEL: tl.constexpr, D: tl.constexpr,
 ):
     # logits: [B, H, NQ, NK] fp32: q̄ k̄ᵀ unscaled (POOLED, the paper's stage 1) or finished block log-masses ("lse");
+    # with POOL_IN_KERNEL the program computes its row q̄ᵢ k̄ᵀ from q_mean [B, H, NQ, D], k_mean [B, H, NK, D] instead;
     # q_sim: [B, H, NQ]; k_sim: [B, H, NK]; forced_q: [NQ] int8; forced_k: [NK] int8;
     # lut: [B, H, NQ, NK] int32; count: [B, H, NQ] int32.
     # MODE 0: top-k (forced columns count against the budget); 1: TopCdf τ over the non-forced blocks (softmax over
@@ -41,7 +49,16 @@ def _select_blocks_fwd_kernel(
     row = pid_bh * NQ + pid_q
     offs = tl.arange(0, NK_PAD)
     valid = offs < NK
-    logits = tl.load(LOGITS + row * NK + offs, mask=valid, other=0.0)
+    if POOL_IN_KERNEL:
+        logits = tl.zeros([NK_PAD], dtype=tl.float32)
+        for start in tl.static_range(0, D, 32):
+            offs_d = start + tl.arange(0, 32)
+            q_mean = tl.load(Q_MEAN + row * D + offs_d)  # [32]
+            k_mean = tl.load(K_MEAN + (pid_bh * NK + offs)[:, None] * D + offs_d[None, :], mask=valid[:, None],
+                             other=0.0)  # [NK_PAD, 32]
+            logits += tl.sum(k_mean * q_mean[None, :], axis=1)
+    else:
+        logits = tl.load(LOGITS + row * NK + offs, mask=valid, other=0.0)
     if POOLED:
         tokens = tl.minimum(SK - offs * BLOCK_N, BLOCK_N).to(tl.float32)
         logits = logits * scale + tl.log(tl.maximum(tokens, 1.0))  # [NK_PAD]
@@ -117,40 +134,46 @@ def _lse_block_logits_fwd_kernel(
     if VARIANCE:
         qv = tl.load(QV + q_off, mask=q_valid[:, None], other=0.0)
     k_base = K + off_b * stride_kb + off_h * stride_kh + offs_d[:, None] * stride_kd
-    for step in range(BLOCKS_PER_PROGRAM):
-        kb = pid_n * BLOCKS_PER_PROGRAM + step
-        if kb < NK:
-            cols = kb * BLOCK_N + offs_n
-            k = tl.load(k_base + cols[None, :] * stride_ks, mask=(cols < SK)[None, :], other=0.0)  # [D, BLOCK_N]
-            s = tl.dot(qm, k)  # [BLOCK_Q, BLOCK_N]
-            if VARIANCE:
-                k32 = k.to(tl.float32)
-                s = tl.dot(qv, (k32 * k32).to(k.dtype), s)
-            s = tl.where((cols < SK)[None, :], s, float("-inf"))
-            row_max = tl.max(s, 1)
-            lse = row_max + tl.log(tl.sum(tl.exp(s - row_max[:, None]), 1))
-            tl.store(LOGITS + (pid_bh * NQ + offs_q) * NK + kb, lse, mask=q_valid)
+    first = pid_n * BLOCKS_PER_PROGRAM
+    for kb in range(first, tl.minimum(first + BLOCKS_PER_PROGRAM, NK)):
+        cols = kb * BLOCK_N + offs_n
+        k = tl.load(k_base + cols[None, :] * stride_ks, mask=(cols < SK)[None, :], other=0.0)  # [D, BLOCK_N]
+        s = tl.dot(qm, k)  # [BLOCK_Q, BLOCK_N]
+        if VARIANCE:
+            s = tl.dot(qv, k * k, s)  # k * k rounded once to k's dtype
+        s = tl.where((cols < SK)[None, :], s, float("-inf"))
+        row_max = tl.max(s, 1)
+        weights = tl.math.exp2(tl.fma(s, 1.4426950408889634, -1.4426950408889634 * row_max[:, None]))
+        lse = row_max + tl.log(tl.sum(weights, 1))
+        tl.store(LOGITS + (pid_bh * NQ + offs_q) * NK + kb, lse, mask=q_valid)
 
 
 def lse_block_logits_fwd(q_lse_mean: torch.Tensor, q_lse_var: Optional[torch.Tensor], k: torch.Tensor, *,
-                         block_n: int) -> torch.Tensor:
+                         block_n: int, block_q: Optional[int] = None, per_program: Optional[int] = None,
+                         num_warps: int = 4, num_stages: Optional[int] = None) -> torch.Tensor:
     """Fused `predictors.naive_lse_block_logits`: ``[B, H, NQ, NK]`` fp32 without the ``[NQ, Sk]`` score matrix.
 
     Args:
         q_lse_mean, q_lse_var: ``[B, H, NQ, D]`` contiguous in k's dtype, ``q̄ · scale`` and ``½ w scale² σ²`` per
             query block (`quantize.prepare_fwd` writes them); ``q_lse_var`` None leaves out the variance term.
         k: ``[B, H, Sk, D]`` (any strides).
+        block_q, per_program, num_warps, num_stages: launch settings (query blocks per program, key blocks per
+            program); None picks the H200 measurements: 64 query blocks, 128 from 256 query blocks on; 1 key block
+            up to 64 key blocks, 4 up to 256, 16 beyond; one stage (a software-pipelined key loop was not faster at
+            any benchmark shape).
     """
     b, h, nq, d = q_lse_mean.shape
     sk = k.shape[2]
     nk = triton.cdiv(sk, block_n)
     variance = q_lse_var is not None
     logits = torch.empty((b, h, nq, nk), dtype=torch.float32, device=k.device)
-    block_q = 64
-    per_program = 4 if nk <= 128 else 16  # measured on an H200: short sequences want more programs, long ones fewer
+    block_q = block_q or (128 if nq >= 256 else 64)
+    per_program = per_program or (1 if nk <= 64 else (4 if nk <= 256 else 16))
+    num_stages = num_stages or 1
     _lse_block_logits_fwd_kernel[(triton.cdiv(nq, block_q), triton.cdiv(nk, per_program), b * h)](
         q_lse_mean, q_lse_var if variance else q_lse_mean, k, logits, *k.stride(), h, nq, nk, sk,
-        BLOCK_Q=block_q, BLOCK_N=block_n, D=d, BLOCKS_PER_PROGRAM=per_program, VARIANCE=variance, num_warps=4,
+        BLOCK_Q=block_q, BLOCK_N=block_n, D=d, BLOCKS_PER_PROGRAM=per_program, VARIANCE=variance,
+        num_warps=num_warps, num_stages=num_stages,
     )
     return logits
 
@@ -182,6 +205,7 @@ def select_blocks_fwd(
     keep_ranges: Sequence[Tuple[int, int]] = (),
     block_logits: Optional[torch.Tensor] = None,
     drop_mass: Optional[float] = None,
+    num_warps: Optional[int] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Kept key blocks per query block.
 
@@ -197,23 +221,31 @@ def select_blocks_fwd(
         lut: int32 ``[B, H, NQ, NK]`` (kept indices ascending, then unspecified); counts: int32 ``[B, H, NQ]``.
     """
     pooled = block_logits is None
-    logits = torch.matmul(q_means, k_means.transpose(-1, -2)) if pooled else block_logits
-    b, h, nq, nk = logits.shape
+    b, h, nq = (q_means if pooled else block_logits).shape[:3]
+    nk = k_means.shape[2] if pooled else block_logits.shape[3]
+    d = q_means.shape[3] if pooled else 0
+    nk_pad = max(16, triton.next_power_of_2(nk))
+    pool_in_kernel = pooled and nk_pad <= POOL_IN_KERNEL_UP_TO and d % 32 == 0
+    if pool_in_kernel:
+        q_means, k_means = q_means.contiguous(), k_means.contiguous()
+        logits = q_means
+    else:
+        logits = torch.matmul(q_means, k_means.transpose(-1, -2)) if pooled else block_logits
     lut = torch.empty((b, h, nq, nk), dtype=torch.int32, device=logits.device)
     counts = torch.empty((b, h, nq), dtype=torch.int32, device=logits.device)
     mode = 0 if topk is not None else (1 if pooled else 2)
     topk_count = min(nk, max(1, int(topk * nk + 0.5))) if topk is not None else 0
     threshold = drop_mass if mode == 2 else (1.0 if cdf_threshold is None else float(cdf_threshold))
     use_sim = sim_threshold is not None and pooled
-    nk_pad = max(16, triton.next_power_of_2(nk))
     dummy = counts
     _select_blocks_fwd_kernel[(nq, b * h)](
-        logits, q_sims if use_sim else dummy, k_sims if use_sim else dummy,
+        logits, q_means if pool_in_kernel else dummy, k_means if pool_in_kernel else dummy,
+        q_sims if use_sim else dummy, k_sims if use_sim else dummy,
         forced_blocks(keep_ranges, seq_len_q, block_m, logits.device),
         forced_blocks(keep_ranges, seq_len_k, block_n, logits.device),
         lut, counts, nq, nk, seq_len_k, scale,
         -2.0 if sim_threshold is None else float(sim_threshold), topk_count, float(threshold),
-        BLOCK_N=block_n, NK_PAD=nk_pad, MODE=mode, USE_SIM=use_sim, POOLED=pooled,
-        num_warps=4 if nk_pad <= 1024 else 8,
+        BLOCK_N=block_n, NK_PAD=nk_pad, MODE=mode, USE_SIM=use_sim, POOLED=pooled, POOL_IN_KERNEL=pool_in_kernel, D=d,
+        num_warps=num_warps or (1 if nk_pad <= 512 else (4 if nk_pad <= 1024 else 8)),
     )
     return lut, counts

@@ -136,13 +136,15 @@ def test_lse_predictor_matches_reference(seq_len, head_dim):
 
 @pytest.mark.parametrize("seq_len", [4001, 44776])
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_prepare_matches_reference_at_length(seq_len, head_dim):
+@pytest.mark.parametrize("split_roles", [False, True], ids=["one-program-per-block", "program-per-tensor"])
+def test_prepare_matches_reference_at_length(seq_len, head_dim, split_roles):
     from sparge_diffusers.kernels import quantize
     from sparge_diffusers.kernels.predictors import naive_lse_block_logits
 
     q, k, v = qkv(1, 2, seq_len, head_dim, seed=3)
     k = k + torch.linspace(-4, 4, head_dim, device="cuda", dtype=k.dtype)  # a channel bias that smoothing removes
-    prepared = quantize.prepare_fwd(q, k, v, block_m=128, block_n=64, stats="lse", softmax_scale=head_dim ** -0.5)
+    prepared = quantize.prepare_fwd(q, k, v, block_m=128, block_n=64, stats="lse", softmax_scale=head_dim ** -0.5,
+                                    split_roles=split_roles)
     for values, (ref_values, ref_scales), scales in (
             (prepared.q_int8, ref.naive_quantize_int8(q, 128), prepared.q_scale),
             (prepared.k_int8, ref.naive_quantize_int8(k, 64, smooth=True), prepared.k_scale)):
@@ -154,3 +156,27 @@ def test_prepare_matches_reference_at_length(seq_len, head_dim):
     assert (restored != ref_v.float()).float().mean() < 1e-3
     expected = naive_lse_block_logits(q, k, block_m=128, block_n=64, scale=head_dim ** -0.5)
     torch.testing.assert_close(prepared.block_logits, expected, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("int_magic", [True, False], ids=["magic-add", "i2f"])
+def test_int8_score_conversions_at_length(head_dim, int_magic):
+    from sparge_diffusers.kernels import block_sparse_attn, quantize
+
+    seq_len, scale = 17776, head_dim ** -0.5
+    q, k, v = qkv(1, 2, seq_len, head_dim, seed=5)
+    q, k = q * 4.0, k * 4.0
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    mask = torch.rand(1, 2, 139, 139, generator=gen, device="cuda") < 0.5
+    mask[..., -1] = True
+    lut, counts = BlockMap(mask, 128, 128, seq_len, seq_len).to_lut()
+    prepared = quantize.prepare_fwd(q, k, None, block_m=128, block_n=128, v_fp8=False,
+                                    q_scale_mult=scale * block_sparse_attn.LOG2E)
+    out = torch.empty_like(q)
+    block_sparse_attn.block_sparse_attn_fwd(
+        prepared.q_int8, prepared.k_int8, dispatch.padded_fp16(v, 128), lut, counts, out, seq_len_q=seq_len,
+        seq_len_k=seq_len, block_m=128, block_n=128, pv_mode=block_sparse_attn.PV_FP16, q_scale=prepared.q_scale,
+        k_scale=prepared.k_scale, softmax_scale=scale, int_magic=int_magic)
+    expected = ref.naive_block_sparse_attention(q, k, v, mask, block_m=128, block_n=128, scale=scale,
+                                                precision="int8-fp16")
+    assert ref.relative_l1(out, expected) < EMULATION_RELL1["int8-fp16"]

@@ -90,14 +90,18 @@ def test_prepare_rejects_unknown_statistics(gen):
     [dict(topk=0.5), dict(topk=0.2), dict(topk=None, cdf_threshold=0.7), dict(topk=None, cdf_threshold=0.95)],
     ids=["topk0.5", "topk0.2", "cdf0.7", "cdf0.95"],
 )
-def test_select_blocks_matches_reference(gen, seq_len, selection):
+@pytest.mark.parametrize("pool_in_kernel", [True, False], ids=["pooled-in-kernel", "pooled-by-matmul"])
+def test_select_blocks_matches_reference(gen, seq_len, selection, pool_in_kernel, monkeypatch):
+    if not pool_in_kernel:
+        monkeypatch.setattr(predict, "POOL_IN_KERNEL_UP_TO", 0)
     q, k, _ = qkv(gen, 2, 2, seq_len, 64)
     q = q + torch.linspace(-1, 1, seq_len)[:, None].half()
     for sim_threshold, ranges in ((None, ()), (0.02, [(0, 70)]), (None, [(seq_len - 30, seq_len)])):
         stats = quantize.prepare_fwd(q, k, None, block_m=128, block_n=64, quantize_qk=False, v_fp8=False,
                                      stats="pooled")
         lut, counts = predict.select_blocks_fwd(
-            stats.q_means, stats.k_means, stats.q_sims, stats.k_sims, seq_len_q=seq_len, seq_len_k=seq_len, block_m=128, block_n=64,
+            stats.q_means, stats.k_means, stats.q_sims, stats.k_sims, seq_len_q=seq_len, seq_len_k=seq_len,
+            block_m=128, block_n=64,
             scale=0.125, sim_threshold=sim_threshold, keep_ranges=ranges, **{"cdf_threshold": None, **selection})
         expected = ref.naive_predict_block_mask(
             q, k, block_m=128, block_n=64, scale=0.125, sim_threshold=sim_threshold, keep_ranges=ranges,
@@ -146,12 +150,12 @@ def test_key_tile_and_edge_pass_match_reference(gen, seq_len, head_dim, precisio
         assert ref.relative_l1(out, expected) < EMULATION_RELL1
 
 
-def _run_kernel(q, k, v, lut, counts, precision, pv_threshold, block_n=64, peel_edge=None):
+def _run_kernel(q, k, v, lut, counts, precision, pv_threshold, block_n=64, **launch):
     seq_len, head_dim = q.shape[-2], q.shape[-1]
     scale = head_dim ** -0.5
     out = torch.empty_like(q)
     kwargs = dict(seq_len_q=seq_len, seq_len_k=k.shape[-2], block_m=128, block_n=block_n, softmax_scale=scale,
-                  pv_threshold=pv_threshold, peel_edge=peel_edge)
+                  pv_threshold=pv_threshold, **launch)
     if precision == "bf16":
         return block_sparse_attn.block_sparse_attn_fwd(q, k, v, lut, counts, out, pv_mode=block_sparse_attn.PV_NATIVE,
                                                        **kwargs)
@@ -240,3 +244,55 @@ def test_fused_launch_with_lse_predictor_matches_reference(gen, selection):
         predictor="lse", target_error=selection.get("target_error"))
     assert (block_mask_from_lut(lut, counts) != expected_mask).float().mean() < 0.02
     assert ref.relative_l1(out, expected) < 0.02
+
+
+@pytest.mark.parametrize("seq_len", [97, 513])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("int_magic", [True, False], ids=["magic-add", "i2f"])
+def test_int8_score_conversions_match_reference(gen, seq_len, head_dim, int_magic):
+    q, k, v = qkv(gen, 1, 2, seq_len, head_dim)
+    q, k = q * 4.0, k * 4.0  # large scores: the magic-number conversion is exact only below 2**22
+    mask = torch.rand(1, 2, ref.num_blocks(seq_len, 128), ref.num_blocks(seq_len, 128), generator=gen) < 0.7
+    mask[..., -1] = True
+    lut, counts = BlockMap(mask, 128, 128, seq_len, seq_len).to_lut()
+    out = _run_kernel(q, k, v, lut, counts, "int8-fp16", None, block_n=128, int_magic=int_magic)
+    expected = ref.naive_block_sparse_attention(q, k, v, mask, block_m=128, block_n=128, scale=head_dim ** -0.5,
+                                                precision="int8-fp16")
+    assert ref.relative_l1(out, expected) < EMULATION_RELL1
+
+
+def test_int_magic_needs_int8_scores(gen):
+    q, k, v = qkv(gen, 1, 1, 97, 64)
+    lut, counts = BlockMap(torch.ones(1, 1, 1, 2, dtype=torch.bool), 128, 64, 97, 97).to_lut()
+    with pytest.raises(ValueError, match="int_magic"):
+        _run_kernel(q, k, v, lut, counts, "bf16", None, int_magic=True)
+
+
+@pytest.mark.parametrize("stats", ["none", "pooled", "lse"])
+def test_prepare_split_roles_gives_identical_outputs(gen, stats):
+    q, k, v = qkv(gen, 1, 2, 300, 64)
+    k, v = k[..., :250, :], v[..., :250, :]
+    outputs = [quantize.prepare_fwd(q, k, v, block_m=128, block_n=64, stats=stats, softmax_scale=0.125,
+                                    split_roles=split) for split in (False, True)]
+    for plain, split in zip(*outputs):
+        assert (plain is None) == (split is None)
+        if plain is not None:
+            assert torch.equal(plain.view(torch.uint8) if plain.dtype == torch.float8_e4m3fn else plain,
+                               split.view(torch.uint8) if split.dtype == torch.float8_e4m3fn else split)
+
+
+@pytest.mark.parametrize("launch", [dict(block_q=16, per_program=4), dict(block_q=64, per_program=3),
+                                    dict(block_q=128, per_program=16, num_stages=2)],
+                         ids=["bq16-per4", "bq64-per3", "bq128-per16-pipelined"])
+def test_lse_block_logits_launch_settings_match_reference(gen, launch):
+    from sparge_diffusers.kernels.predictors import naive_lse_block_logits
+
+    q, k, _ = qkv(gen, 1, 2, 700, 64)
+    k = k[..., :695, :]  # 11 key blocks of 64: the last program of a row has fewer than per_program blocks
+    scale = 64 ** -0.5
+    mean = ref.naive_block_mean(q.float(), 32)
+    variance = (ref.naive_block_mean(q.float() ** 2, 32) - mean ** 2).clamp_min(0.0)
+    logits = predict.lse_block_logits_fwd((mean * scale).half(), (variance * 0.5 * scale * scale).half(), k,
+                                          block_n=64, **launch)
+    expected = naive_lse_block_logits(q, k, block_m=32, block_n=64, scale=scale)
+    torch.testing.assert_close(logits, expected, rtol=2e-3, atol=2e-3)
