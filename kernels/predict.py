@@ -221,28 +221,30 @@ def select_blocks_fwd(
         lut: int32 ``[B, H, NQ, NK]`` (kept indices ascending, then unspecified); counts: int32 ``[B, H, NQ]``.
     """
     pooled = block_logits is None
-    b, h, nq = (q_means if pooled else block_logits).shape[:3]
+    rows = q_means if pooled else block_logits
+    b, h, nq = rows.shape[:3]
+    device = rows.device
     nk = k_means.shape[2] if pooled else block_logits.shape[3]
     d = q_means.shape[3] if pooled else 0
     nk_pad = max(16, triton.next_power_of_2(nk))
     pool_in_kernel = pooled and nk_pad <= POOL_IN_KERNEL_UP_TO and d % 32 == 0
+    lut = torch.empty((b, h, nq, nk), dtype=torch.int32, device=device)
+    counts = torch.empty((b, h, nq), dtype=torch.int32, device=device)
+    dummy = counts
     if pool_in_kernel:
         q_means, k_means = q_means.contiguous(), k_means.contiguous()
-        logits = q_means
+        logits = dummy
     else:
         logits = torch.matmul(q_means, k_means.transpose(-1, -2)) if pooled else block_logits
-    lut = torch.empty((b, h, nq, nk), dtype=torch.int32, device=logits.device)
-    counts = torch.empty((b, h, nq), dtype=torch.int32, device=logits.device)
     mode = 0 if topk is not None else (1 if pooled else 2)
     topk_count = min(nk, max(1, int(topk * nk + 0.5))) if topk is not None else 0
     threshold = drop_mass if mode == 2 else (1.0 if cdf_threshold is None else float(cdf_threshold))
     use_sim = sim_threshold is not None and pooled
-    dummy = counts
     _select_blocks_fwd_kernel[(nq, b * h)](
         logits, q_means if pool_in_kernel else dummy, k_means if pool_in_kernel else dummy,
         q_sims if use_sim else dummy, k_sims if use_sim else dummy,
-        forced_blocks(keep_ranges, seq_len_q, block_m, logits.device),
-        forced_blocks(keep_ranges, seq_len_k, block_n, logits.device),
+        forced_blocks(keep_ranges, seq_len_q, block_m, device),
+        forced_blocks(keep_ranges, seq_len_k, block_n, device),
         lut, counts, nq, nk, seq_len_k, scale,
         -2.0 if sim_threshold is None else float(sim_threshold), topk_count, float(threshold),
         BLOCK_N=block_n, NK_PAD=nk_pad, MODE=mode, USE_SIM=use_sim, POOLED=pooled, POOL_IN_KERNEL=pool_in_kernel, D=d,

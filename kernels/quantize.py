@@ -269,7 +269,6 @@ def prepare_fwd(
     lse_var = lse_operands[1] if variance else lse_mean
     scale = softmax_scale or 1.0
     v_or_k = v if v is not None else k
-    warps = num_warps
     key_side = k_means_needed or v_fp8
     blocks = max(nq, nk) if key_side else nq
     if split_roles is None:
@@ -280,7 +279,7 @@ def prepare_fwd(
         *q.stride(), *k.stride(), *v_or_k.stride(), h, sq, sk, nq, nk, q_scale_mult, scale,
         0.5 * variance_weight * scale * scale,
         BLOCK_M=block_m, BLOCK_N=block_n, D=d, QUANTIZE_Q=quantize_qk, POOL_Q=pooled, LSE_Q=lse, VARIANCE=variance,
-        K_MEANS=k_means_needed, POOL_K=pooled, V_CHANNEL_MAX=v_fp8, SPLIT_ROLES=split_roles, num_warps=warps,
+        K_MEANS=k_means_needed, POOL_K=pooled, V_CHANNEL_MAX=v_fp8, SPLIT_ROLES=split_roles, num_warps=num_warps,
     )
     if quantize_qk or v_fp8:
         channels = min(d, 32)
@@ -293,7 +292,7 @@ def prepare_fwd(
         _second_pass_kernel[(nk, b * h, 2 if split_roles else 1)](
             k, v_or_k, pick(k_shift), pick(out["k_int8"]), pick(out["k_scale"]), pick(out["v_scale"]),
             pick(out["v_fp8"]), *k.stride(), *v_or_k.stride(), h, sk, nk * block_n, nk,
-            BLOCK_N=block_n, D=d, QUANTIZE_K=quantize_qk, V_FP8=v_fp8, SPLIT_ROLES=split_roles, num_warps=warps,
+            BLOCK_N=block_n, D=d, QUANTIZE_K=quantize_qk, V_FP8=v_fp8, SPLIT_ROLES=split_roles, num_warps=num_warps,
         )
     if lse:
         out["block_logits"] = lse_block_logits_fwd(lse_mean, lse_var if variance else None, k, block_n=block_n)
