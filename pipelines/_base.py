@@ -9,6 +9,7 @@ a diffusers pipeline class into a Sparge one (``from_pretrained(path, sparge_con
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import logging
 import math
@@ -81,22 +82,32 @@ class BoundArguments:
         return (tuple(self.args), self.kwargs) if self.changed else None
 
 
+@functools.lru_cache(maxsize=None)
+def _import_class(path: str) -> type:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 class Family:
     """One transformer class of diffusers 0.42 and how Sparge attaches to it. Subclasses fill in the blanks."""
 
     name: str = ""
     processor_class: type = SpargeProcessor
+    # diffusers classes as "module:Name", imported on first use (diffusers stays an optional import)
+    transformer_path: str = ""
+    attention_path: str = ""
+    stock_processor_paths: Tuple[str, ...] = ()
 
     # ---- identification -------------------------------------------------------------------------------------------
 
     def transformer_class(self) -> type:
-        raise NotImplementedError
+        return _import_class(self.transformer_path)
 
     def attention_class(self) -> type:
-        raise NotImplementedError
+        return _import_class(self.attention_path)
 
     def stock_processor_classes(self) -> Tuple[type, ...]:
-        raise NotImplementedError
+        return tuple(_import_class(path) for path in self.stock_processor_paths)
 
     def stock_processor(self):
         """A fresh instance of the stock processor (for processors set without `apply_sparge`)."""

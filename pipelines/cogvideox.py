@@ -133,20 +133,12 @@ class CogVideoXFamily(Family):
     name = "cogvideox"
     processor_class = SpargeCogVideoXAttnProcessor
 
-    def transformer_class(self) -> type:
-        from diffusers import CogVideoXTransformer3DModel
-
-        return CogVideoXTransformer3DModel
-
-    def attention_class(self) -> type:
-        from diffusers.models.attention_processor import Attention
-
-        return Attention
-
-    def stock_processor_classes(self):
-        from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0
-
-        return (CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0)
+    transformer_path = "diffusers:CogVideoXTransformer3DModel"
+    attention_path = "diffusers.models.attention_processor:Attention"
+    stock_processor_paths = (
+        "diffusers.models.attention_processor:CogVideoXAttnProcessor2_0",
+        "diffusers.models.attention_processor:FusedCogVideoXAttnProcessor2_0",
+    )
 
     @staticmethod
     def grid_of(transformer, hidden_states: torch.Tensor):

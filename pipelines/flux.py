@@ -170,23 +170,12 @@ class FluxFamily(Family):
     name = "flux"
     processor_class = SpargeFluxAttnProcessor
 
+    transformer_path = "diffusers:FluxTransformer2DModel"
+    attention_path = "diffusers.models.transformers.transformer_flux:FluxAttention"
+    stock_processor_paths = ("diffusers.models.transformers.transformer_flux:FluxAttnProcessor",)
+
     def __init__(self) -> None:
         self._ids_cache: dict = {}
-
-    def transformer_class(self) -> type:
-        from diffusers import FluxTransformer2DModel
-
-        return FluxTransformer2DModel
-
-    def attention_class(self) -> type:
-        from diffusers.models.transformers.transformer_flux import FluxAttention
-
-        return FluxAttention
-
-    def stock_processor_classes(self):
-        from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
-
-        return (FluxAttnProcessor,)
 
     def grid_of(self, img_ids: torch.Tensor) -> Optional[Tuple[int, int]]:
         """Packed grid ``(h, w)`` of the leading image tokens from ``img_ids`` ``[N, 3]`` (``(0, row, col)``).

@@ -154,20 +154,9 @@ class MochiFamily(Family):
     name = "mochi"
     processor_class = SpargeMochiAttnProcessor
 
-    def transformer_class(self) -> type:
-        from diffusers import MochiTransformer3DModel
-
-        return MochiTransformer3DModel
-
-    def attention_class(self) -> type:
-        from diffusers.models.attention_processor import MochiAttention
-
-        return MochiAttention
-
-    def stock_processor_classes(self):
-        from diffusers.models.attention_processor import MochiAttnProcessor2_0
-
-        return (MochiAttnProcessor2_0,)
+    transformer_path = "diffusers:MochiTransformer3DModel"
+    attention_path = "diffusers.models.attention_processor:MochiAttention"
+    stock_processor_paths = ("diffusers.models.attention_processor:MochiAttnProcessor2_0",)
 
     @staticmethod
     def grid_of(transformer, hidden_states: torch.Tensor):
