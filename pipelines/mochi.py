@@ -36,6 +36,17 @@ def _apply_rotary_emb(x, freqs_cos, freqs_sin):
     return torch.stack([cos, sin], dim=-1).flatten(-2)
 
 
+def _project_heads(heads: int, states: torch.Tensor, projections, norm_q, norm_k):
+    # One stream's Q, K, V [B, S, heads, head_dim] with the optional QK norms, as the stock processor computes them
+    # for the video (to_q/k/v, norm_q/k) and the text (add_q/k/v_proj, norm_added_q/k) streams.
+    query, key, value = (proj(states).unflatten(2, (heads, -1)) for proj in projections)
+    if norm_q is not None:
+        query = norm_q(query)
+    if norm_k is not None:
+        key = norm_k(key)
+    return query, key, value
+
+
 def mochi_attention(proc: SpargeProcessor, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                     attention_mask: torch.Tensor, image_rotary_emb=None):
     """``MochiAttnProcessor2_0`` of diffusers 0.42 with `sparge_attn` as attention.
@@ -43,31 +54,11 @@ def mochi_attention(proc: SpargeProcessor, attn, hidden_states: torch.Tensor, en
     Per sample ``b``: the sequence is ``[video (N), valid text (n_b)]`` and the text range ``[N, N + n_b)`` is always
     computed, so a padded batch (CFG with prompts of different lengths) keeps each sample's own text.
     """
-    query = attn.to_q(hidden_states)
-    key = attn.to_k(hidden_states)
-    value = attn.to_v(hidden_states)
-
-    query = query.unflatten(2, (attn.heads, -1))
-    key = key.unflatten(2, (attn.heads, -1))
-    value = value.unflatten(2, (attn.heads, -1))
-
-    if attn.norm_q is not None:
-        query = attn.norm_q(query)
-    if attn.norm_k is not None:
-        key = attn.norm_k(key)
-
-    encoder_query = attn.add_q_proj(encoder_hidden_states)
-    encoder_key = attn.add_k_proj(encoder_hidden_states)
-    encoder_value = attn.add_v_proj(encoder_hidden_states)
-
-    encoder_query = encoder_query.unflatten(2, (attn.heads, -1))
-    encoder_key = encoder_key.unflatten(2, (attn.heads, -1))
-    encoder_value = encoder_value.unflatten(2, (attn.heads, -1))
-
-    if attn.norm_added_q is not None:
-        encoder_query = attn.norm_added_q(encoder_query)
-    if attn.norm_added_k is not None:
-        encoder_key = attn.norm_added_k(encoder_key)
+    query, key, value = _project_heads(attn.heads, hidden_states, (attn.to_q, attn.to_k, attn.to_v),
+                                       attn.norm_q, attn.norm_k)
+    encoder_query, encoder_key, encoder_value = _project_heads(
+        attn.heads, encoder_hidden_states, (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
+        attn.norm_added_q, attn.norm_added_k)
 
     if image_rotary_emb is not None:
         query = _apply_rotary_emb(query, *image_rotary_emb)
