@@ -51,9 +51,7 @@ _EPS = 1e-12
 DROP_MASS_PER_ERROR = 2.5
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # Estimated block mass
-# ----------------------------------------------------------------------------------------------------------------
 
 
 def _pad_keys(k: torch.Tensor, block_n: int) -> torch.Tensor:
@@ -131,9 +129,7 @@ def naive_sparge_block_probs(q, k, *, block_m: int, block_n: int, scale: float) 
     return torch.softmax(logits, dim=-1)
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # Selection
-# ----------------------------------------------------------------------------------------------------------------
 
 
 def select_by_drop_mass(probs: torch.Tensor, drop_mass: float, forced: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -195,9 +191,7 @@ def naive_predict_block_mask_lse(
     return selected | forced_cols | forced_rows.unsqueeze(-1)
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # Evaluation: relative L1 of many masks against fp32 dense attention, in one streaming pass
-# ----------------------------------------------------------------------------------------------------------------
 
 
 class MaskSweep:

@@ -98,7 +98,7 @@ class Family:
     attention_path: str = ""
     stock_processor_paths: Tuple[str, ...] = ()
 
-    # ---- identification -------------------------------------------------------------------------------------------
+    # identification
 
     def transformer_class(self) -> type:
         return _import_class(self.transformer_path)
@@ -116,7 +116,7 @@ class Family:
     def is_stock_processor(self, processor) -> bool:
         return type(processor) in self.stock_processor_classes()
 
-    # ---- attention layers -----------------------------------------------------------------------------------------
+    # attention layers
 
     def attention_layers(self, transformer) -> List[Tuple[int, str, torch.nn.Module]]:
         """``(layer index, module path, attention module)`` in the order the forward calls them."""
@@ -133,7 +133,7 @@ class Family:
         else:  # MochiAttention has no set_processor in diffusers 0.42
             attn.processor = processor
 
-    # ---- geometry and boundary ------------------------------------------------------------------------------------
+    # geometry and boundary
 
     def install_hooks(self, transformer, context: SpargeContext) -> List[Any]:
         """Register the geometry pre-hook and the boundary reorder hooks; returns the removable handles."""
@@ -193,9 +193,7 @@ def boundary_permutation(context: SpargeContext, device) -> Optional[Any]:
     return perm
 
 
-# --------------------------------------------------------------------------------------------------------------------
 # wrapped pipelines
-# --------------------------------------------------------------------------------------------------------------------
 
 
 class SpargePipelineMixin:

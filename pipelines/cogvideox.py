@@ -86,7 +86,7 @@ def cogvideox_attention(proc: SpargeProcessor, attn, hidden_states: torch.Tensor
         if not attn.is_cross_attention:
             key[:, :, text_seq_length:] = apply_rotary_emb(key[:, :, text_seq_length:], image_rotary_emb)
 
-    # ---- the only change: the attention call ----
+    # the only change: the attention call
     policy = "masked" if attention_mask is not None else proc.policy(attn)
     timer = proc.start_timer(query.device)
     sparsity = backend = None

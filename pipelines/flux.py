@@ -102,7 +102,7 @@ def flux_attention(proc: SpargeProcessor, attn, hidden_states: torch.Tensor,
         query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
         key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
-    # ---- the only change: the attention call ----
+    # the only change: the attention call
     if attention_mask is not None or proc._parallel_config is not None:
         policy = "masked"
         log_once(logger, "flux-mask", "Flux Sparge processor: attention_mask or context parallelism in use; those "

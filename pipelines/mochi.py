@@ -77,7 +77,7 @@ def mochi_attention(proc: SpargeProcessor, attn, hidden_states: torch.Tensor, en
 
     batch_size, heads, _, _ = query.shape
 
-    # ---- the only change: the attention call (per sample, as in the stock processor) ----
+    # the only change: the attention call (per sample, as in the stock processor)
     policy = proc.policy(attn)
     timer = proc.start_timer(query.device)
     sparsities, backend = [], None

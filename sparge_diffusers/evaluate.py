@@ -138,7 +138,7 @@ class Evaluator:
         return {name: functions[name](frames, reference) for name in self.fidelity_metrics}
 
 
-# ----------------------------------------------------------------------------------------------- CLI
+# CLI
 
 
 def add_metric_arguments(parser: argparse.ArgumentParser) -> None:

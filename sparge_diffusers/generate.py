@@ -46,7 +46,7 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
-# ----------------------------------------------------------------------------------------------- models
+# models
 
 
 def detect_family(folder) -> str:
@@ -181,7 +181,7 @@ def _load_folder(folder: str, dtype: torch.dtype, progress: bool = True):
             diffusers.utils.logging.enable_progress_bar()
 
 
-# ----------------------------------------------------------------------------------------------- rendering
+# rendering
 
 
 @dataclass(frozen=True)
@@ -340,7 +340,7 @@ def render(model: LoadedModel, prompt: str, settings: RenderSettings, config: Op
             remove_sparge(pipe)
 
 
-# ----------------------------------------------------------------------------------------------- CLI helpers
+# CLI helpers
 
 
 def quiet_libraries(verbose: bool = False) -> None:

@@ -45,9 +45,7 @@ REORDER_AT = ("boundary", "layer")
 _STATE_ATTR = "_sparge_state"
 
 
-# --------------------------------------------------------------------------------------------------------------------
 # geometry
-# --------------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -126,9 +124,7 @@ class ForwardGeometry:
         return "ForwardGeometry(" + ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items()) + ")"
 
 
-# --------------------------------------------------------------------------------------------------------------------
 # statistics
-# --------------------------------------------------------------------------------------------------------------------
 
 
 class _Timer:
@@ -229,9 +225,7 @@ def _mean_by(rows: List[dict], key: str) -> Dict[int, float]:
     return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
 
 
-# --------------------------------------------------------------------------------------------------------------------
 # shared state of the processors of one transformer
-# --------------------------------------------------------------------------------------------------------------------
 
 
 class SpargeContext:
@@ -333,9 +327,7 @@ def _first_value(timestep) -> Optional[float]:
         return None
 
 
-# --------------------------------------------------------------------------------------------------------------------
 # processors
-# --------------------------------------------------------------------------------------------------------------------
 
 
 class SpargeProcessor:
@@ -382,7 +374,7 @@ class SpargeProcessor:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layer={self.layer_index}, config={self.config})"
 
-    # ---- helpers used by the family processors ---------------------------------------------------------------------
+    # helpers used by the family processors
 
     def layer_of(self, attn) -> int:
         if self.layer_index is not None:
@@ -479,9 +471,7 @@ def _family_attention(attn) -> Callable:
 _FAMILY_ATTENTION: Dict[Tuple[type, bool], Callable] = {}
 
 
-# --------------------------------------------------------------------------------------------------------------------
 # apply / remove
-# --------------------------------------------------------------------------------------------------------------------
 
 
 class _SpargeState:

@@ -50,7 +50,7 @@ def sidecar_path(path: PathLike) -> Path:
     return path.with_name(path.name + ".json")
 
 
-# ----------------------------------------------------------------------------------------------- frames
+# frames
 
 
 def to_uint8_frames(media) -> np.ndarray:
@@ -110,7 +110,7 @@ def split_sheet(sheet: np.ndarray, frames: int, columns: int) -> np.ndarray:
     return np.stack(out)
 
 
-# ----------------------------------------------------------------------------------------------- atomic writes
+# atomic writes
 
 
 def check_writable(path: PathLike) -> Path:
@@ -243,7 +243,7 @@ def _write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
         writer.close()
 
 
-# ----------------------------------------------------------------------------------------------- reading
+# reading
 
 
 def read_media(path: PathLike, *, sidecar: Optional[dict] = None) -> np.ndarray:

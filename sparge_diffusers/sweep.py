@@ -60,7 +60,7 @@ METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS", "clip_sc
 PSNR_PLOT_CAP = 60.0  # identical renders have infinite PSNR; they are drawn at this height
 
 
-# ----------------------------------------------------------------------------------------------- grid
+# grid
 
 
 def config_label(config: SpargeConfig) -> str:
@@ -118,7 +118,7 @@ def split_work(items: Sequence, rank: int, world: int) -> list:
     return [item for index, item in enumerate(items) if index % world == rank]
 
 
-# ----------------------------------------------------------------------------------------------- CSV
+# CSV
 
 
 def row_key(row: dict) -> Tuple[str, str, str]:
@@ -169,7 +169,7 @@ def merge_rows(*groups: Iterable[dict]) -> List[dict]:
                                                   r["config"]))
 
 
-# ----------------------------------------------------------------------------------------------- sweep
+# sweep
 
 
 @dataclass
@@ -361,7 +361,7 @@ def _progress_bar(total: int, enabled: bool, description: str):
     return tqdm(total=total, disable=not enabled, desc=description, unit="render", dynamic_ncols=True)
 
 
-# ----------------------------------------------------------------------------------------------- merge, plot, report
+# merge, plot, report
 
 
 def finish(root, *, evaluator_notes: Sequence[str] = ()) -> dict:
@@ -510,7 +510,7 @@ def write_report(path: Path, summary: Sequence[dict], rows: Sequence[dict], meta
     return write_text(path, "\n".join(lines) + "\n")
 
 
-# ----------------------------------------------------------------------------------------------- CLI
+# CLI
 
 
 def add_parser(subparsers) -> None:
