@@ -122,9 +122,7 @@ class SpargeCogVideoXAttnProcessor(SpargeProcessor):
     and ``FusedCogVideoXAttnProcessor2_0`` of diffusers 0.42: ``transformer.set_attn_processor(
     SpargeCogVideoXAttnProcessor(config))`` or `apply_sparge`."""
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
-                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None):
-        return cogvideox_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+    attention_impl = staticmethod(cogvideox_attention)
 
 
 class CogVideoXFamily(Family):

@@ -159,9 +159,7 @@ class SpargeFluxAttnProcessor(SpargeProcessor):
     ``FluxAttnProcessor`` of diffusers 0.42: ``transformer.set_attn_processor(SpargeFluxAttnProcessor(config))`` or
     `apply_sparge`."""
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
-                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None):
-        return flux_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+    attention_impl = staticmethod(flux_attention)
 
 
 class FluxFamily(Family):

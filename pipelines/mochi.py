@@ -14,7 +14,7 @@ forward hook on ``proj_out`` restores row-major order before the unpatchify resh
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional
+from typing import Any, List
 
 import torch
 import torch.nn.functional as F
@@ -134,9 +134,7 @@ class SpargeMochiAttnProcessor(SpargeProcessor):
     Mochi's transformer has no ``set_attn_processor``: use `apply_sparge` (or set ``attn.processor`` yourself).
     """
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
-                 attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None):
-        return mochi_attention(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+    attention_impl = staticmethod(mochi_attention)
 
 
 class MochiFamily(Family):

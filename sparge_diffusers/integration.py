@@ -366,9 +366,12 @@ class SpargeProcessor:
         self.layer_index = layer_index
         self.name = name
 
+    # The family processors pin their model's attention function here; the generic processor looks it up per module.
+    attention_impl: Optional[Callable] = None
+
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
                  attention_mask: Optional[torch.Tensor] = None, image_rotary_emb=None):
-        impl = _family_attention(attn)
+        impl = self.attention_impl or _family_attention(attn)
         return impl(self, attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
 
     def __repr__(self) -> str:
