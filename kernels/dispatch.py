@@ -18,7 +18,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .reference import num_blocks
+from .budget import budget_drop_mass
+from .geometry import block_token_counts, blocks_touching, num_blocks
+from .selection import MODE_CDF, MODE_TOPK, Selection
 
 KERNEL_HEAD_DIMS = (64, 128)
 
@@ -40,7 +42,9 @@ def triton_unavailable_reason(q: torch.Tensor) -> Optional[str]:
 
 @functools.lru_cache(maxsize=1)
 def _kernel_modules():
-    from . import block_sparse_attn, predict, quantize
+    from .block_sparse_attn import kernel as block_sparse_attn
+    from .predict import kernel as predict
+    from .quantize import kernel as quantize
 
     return quantize, predict, block_sparse_attn
 
@@ -59,27 +63,29 @@ def sparge_attention_triton(
     scale: float,
     block_m: int,
     block_n: int,
-    topk: Optional[float],
-    cdf_threshold: Optional[float],
+    selection: Selection,
     sim_threshold: Optional[float],
     pv_threshold: Optional[float],
     precision: str,
     keep_ranges: Sequence[Tuple[int, int]],
     predictor: str,
-    target_error: Optional[float] = None,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    drop_mass: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Predict + quantize + block-sparse attention on the GPU.
 
     Args:
         q: ``[B, H, Sq, D]``; k, v: ``[B, H, Sk, D]`` (any strides), D in (64, 128) (callers pad other head dims).
+        selection: the resolved rule (`selection.resolve_selection`).
+        drop_mass: fp32 ``[B, H]`` per-head drop masses for the ``"budget"`` rule (calibrated, or reused from an
+            earlier call); None measures them in this call (`budget.budget_drop_mass`).
     Returns:
         ``out`` ``[B, H, Sq, D]`` contiguous in q's dtype; ``lut`` int32 ``[B, H, NQ, NK]``; ``counts`` int32
-        ``[B, H, NQ]``.
+        ``[B, H, NQ]``; ``drop`` fp32 ``[B, H]``: the drop masses used (NaN for rules without one).
     """
     flat_ranges = [bound for pair in keep_ranges for bound in pair]
     return torch.ops.sparge_diffusers.sparge_attention(
-        q, k, v, scale, block_m, block_n, topk, cdf_threshold, sim_threshold, pv_threshold, precision, flat_ranges,
-        predictor, target_error,
+        q, k, v, scale, block_m, block_n, selection.rule, selection.value, sim_threshold, pv_threshold, precision,
+        flat_ranges, predictor, drop_mass,
     )
 
 
@@ -91,68 +97,73 @@ def _sparge_attention_op(
     scale: float,
     block_m: int,
     block_n: int,
-    topk: Optional[float],
-    cdf_threshold: Optional[float],
+    rule: str,
+    rule_value: float,
     sim_threshold: Optional[float],
     pv_threshold: Optional[float],
     precision: str,
     keep_ranges: List[int],
     predictor: str,
-    target_error: Optional[float],
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    drop_mass: Optional[torch.Tensor],
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     device_scope = torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext()
     with device_scope:
-        return sparge_attention_launch(q, k, v, scale, block_m, block_n, topk, cdf_threshold, sim_threshold,
-                                       pv_threshold, precision, keep_ranges, predictor, target_error)
+        return sparge_attention_launch(q, k, v, scale, block_m, block_n, Selection(rule, rule_value), sim_threshold,
+                                       pv_threshold, precision, keep_ranges, predictor, drop_mass)
 
 
-def sparge_attention_launch(q, k, v, scale, block_m, block_n, topk, cdf_threshold, sim_threshold, pv_threshold,
-                            precision, keep_ranges, predictor, target_error=None):
+def sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_threshold, pv_threshold, precision,
+                            keep_ranges, predictor, drop_mass=None):
     """The launch sequence behind the custom op (callable directly, e.g. under ``TRITON_INTERPRET=1``).
 
-    Selection follows `reference.naive_sparge_attention`: ``target_error`` (ε) replaces ``topk`` / ``cdf_threshold``
-    (``τ = 1 − ε · DROP_MASS_PER_ERROR``; ``"lse"`` drops a predicted mass ``δ = 1 − τ``). Both predictors run in
-    Triton: ``"sparge"`` as pooled scores + `predict.select_blocks_fwd`, ``"lse"`` as the block log-masses of
-    `quantize.prepare_fwd` (ground truth `predictors.naive_lse_block_logits`) + the same selection kernel.
+    Selection follows `reference.naive_sparge_attention` through the same `selection.Selection`. Both predictors run
+    in Triton: ``"sparge"`` as pooled scores + `predict.select_blocks_fwd`, ``"lse"`` as the block log-masses of
+    `quantize.prepare_fwd` (ground truth `predict.naive.naive_lse_block_logits`) + the same selection kernel. The
+    error budget measures its per-head drop masses on sampled exact rows (`budget.budget_drop_mass`, PyTorch) from
+    the predicted block masses, unless ``drop_mass`` gives them.
     """
     quantize, predict, attn = _kernel_modules()
+    if predictor not in ("sparge", "lse", "full"):
+        raise ValueError(f"predictor must be 'sparge', 'lse' or 'full', got {predictor!r}")
     ranges = list(zip(keep_ranges[0::2], keep_ranges[1::2]))
     b, h, sq, d = q.shape
     sk = k.shape[2]
-    if target_error is not None:
-        from .predictors import DROP_MASS_PER_ERROR
-
-        topk, cdf_threshold = None, 1.0 - target_error * DROP_MASS_PER_ERROR
-    elif topk is not None:
-        cdf_threshold = None
-    drop_mass = None if topk is not None else 1.0 - cdf_threshold
-    keeps_all = (predictor == "full" or (topk is not None and topk >= 1.0) or (topk is None and cdf_threshold >= 1.0)
-                 or (predictor == "lse" and drop_mass is not None and drop_mass <= 0.0))
-    if predictor not in ("sparge", "lse", "full"):
-        raise ValueError(f"predictor must be 'sparge', 'lse' or 'full', got {predictor!r}")
+    keeps_all = selection.keeps_all or predictor == "full"
     quantized = precision != "bf16"
     pv_mode = _pv_mode(precision, q.device)
     use_fp8 = quantized and pv_mode == attn.PV_FP8
     stats = "none" if keeps_all else ("lse" if predictor == "lse" else "pooled")
     prepared = quantize.prepare_fwd(q, k, v, block_m=block_m, block_n=block_n, quantize_qk=quantized, v_fp8=use_fp8,
                                     stats=stats, q_scale_mult=scale * attn.LOG2E, softmax_scale=scale)
-    selection = dict(seq_len_q=sq, seq_len_k=sk, block_m=block_m, block_n=block_n, scale=scale, topk=topk,
-                     keep_ranges=ranges)
+    common = dict(seq_len_q=sq, seq_len_k=sk, block_m=block_m, block_n=block_n, scale=scale, keep_ranges=ranges)
+    used_drop = _no_drop(b, h, q.device)
     if keeps_all:
         lut, counts = full_lut(b, h, sq, sk, block_m, block_n, q.device)
-    elif stats == "pooled":
-        lut, counts = predict.select_blocks_fwd(prepared.q_means, prepared.k_means, prepared.q_sims, prepared.k_sims,
-                                                cdf_threshold=cdf_threshold, sim_threshold=sim_threshold, **selection)
     else:
-        lut, counts = predict.select_blocks_fwd(None, None, None, None, cdf_threshold=None, sim_threshold=None,
-                                                block_logits=prepared.block_logits, drop_mass=drop_mass, **selection)
+        mode = selection.kernel_mode(predictor)
+        topk = selection.value if mode == MODE_TOPK else None
+        cdf = selection.value if mode == MODE_CDF else None
+        drop = selection.fixed_drop_mass()
+        if selection.rule == "budget":
+            if drop_mass is None:
+                drop_mass = _budget(q, k, v, prepared, predictor, selection.value, scale, ranges, sim_threshold,
+                                    block_m, block_n)
+            drop = used_drop = drop_mass.float()
+        if stats == "pooled":
+            lut, counts = predict.select_blocks_fwd(prepared.q_means, prepared.k_means, prepared.q_sims,
+                                                    prepared.k_sims, topk=topk, cdf_threshold=cdf,
+                                                    sim_threshold=sim_threshold, drop_mass=drop, **common)
+        else:
+            lut, counts = predict.select_blocks_fwd(None, None, None, None, topk=topk, cdf_threshold=None,
+                                                    sim_threshold=None, block_logits=prepared.block_logits,
+                                                    drop_mass=drop, **common)
 
     out = torch.empty((b, h, sq, d), dtype=q.dtype, device=q.device)
     kwargs = dict(seq_len_q=sq, seq_len_k=sk, block_m=block_m, block_n=block_n, pv_mode=pv_mode,
                   softmax_scale=scale, pv_threshold=pv_threshold)
     if not quantized:
         attn.block_sparse_attn_fwd(q, k, v, lut, counts, out, **kwargs)
-        return out, lut, counts
+        return out, lut, counts, used_drop
     quantized_qk = dict(q_scale=prepared.q_scale, k_scale=prepared.k_scale, **kwargs)
     if use_fp8:
         attn.block_sparse_attn_fwd(prepared.q_int8, prepared.k_int8, prepared.v_fp8, lut, counts, out,
@@ -160,20 +171,43 @@ def sparge_attention_launch(q, k, v, scale, block_m, block_n, topk, cdf_threshol
     else:
         attn.block_sparse_attn_fwd(prepared.q_int8, prepared.k_int8, padded_fp16(v, block_n), lut, counts, out,
                                    **quantized_qk)
-    return out, lut, counts
+    return out, lut, counts, used_drop
+
+
+def _no_drop(b: int, h: int, device) -> torch.Tensor:
+    return torch.full((b, h), float("nan"), dtype=torch.float32, device=device)
+
+
+def _budget(q, k, v, prepared, predictor, target_error, scale, ranges, sim_threshold, block_m, block_n):
+    """Per-head drop masses of the error budget from the predicted block masses of `quantize.prepare_fwd`."""
+    sq, sk = q.shape[2], k.shape[2]
+    if predictor == "lse":
+        probs = torch.softmax(prepared.block_logits, dim=-1)
+    else:
+        counts = block_token_counts(sk, block_n, q.device)
+        logits = torch.matmul(prepared.q_means, prepared.k_means.transpose(-1, -2)) * scale + torch.log(counts)
+        probs = torch.softmax(logits, dim=-1)
+    forced_rows = blocks_touching(ranges, sq, block_m, q.device)
+    forced_cols = blocks_touching(ranges, sk, block_n, k.device)
+    if predictor == "sparge" and sim_threshold is not None:
+        forced_rows = forced_rows | (prepared.q_sims < sim_threshold)
+        forced_cols = forced_cols | (prepared.k_sims < sim_threshold)
+    return budget_drop_mass(q, k, v, probs, target_error=target_error, block_m=block_m, block_n=block_n,
+                            scale=scale, forced_rows=forced_rows, forced_cols=forced_cols)
 
 
 @_sparge_attention_op.register_fake
-def _sparge_attention_fake(q, k, v, scale, block_m, block_n, topk, cdf_threshold, sim_threshold, pv_threshold,
-                           precision, keep_ranges, predictor, target_error):
+def _sparge_attention_fake(q, k, v, scale, block_m, block_n, rule, rule_value, sim_threshold, pv_threshold,
+                           precision, keep_ranges, predictor, drop_mass):
     b, h, sq, d = q.shape
     nq, nk = num_blocks(sq, block_m), num_blocks(k.shape[2], block_n)
     out = q.new_empty((b, h, sq, d))
-    return out, q.new_empty((b, h, nq, nk), dtype=torch.int32), q.new_empty((b, h, nq), dtype=torch.int32)
+    return (out, q.new_empty((b, h, nq, nk), dtype=torch.int32), q.new_empty((b, h, nq), dtype=torch.int32),
+            q.new_empty((b, h), dtype=torch.float32))
 
 
 def _pv_mode(precision: str, device: torch.device) -> int:
-    from .block_sparse_attn import PV_FP8, PV_FP16, PV_NATIVE
+    from .block_sparse_attn.kernel import PV_FP8, PV_FP16, PV_NATIVE
 
     if precision == "bf16":
         return PV_NATIVE

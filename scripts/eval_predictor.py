@@ -24,7 +24,9 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
-from sparge_diffusers.kernels import predictors as P
+from sparge_diffusers.kernels import evaluation as E
+from sparge_diffusers.kernels import selection as S
+from sparge_diffusers.kernels.predict import naive as P
 from sparge_diffusers.kernels import reference as R
 from sparge_diffusers.video_inputs import GEOMETRIES, geometry_qkv
 
@@ -73,12 +75,8 @@ def predictor_sweeps(error_budgets: Sequence[float]) -> Dict[str, Tuple[str, Seq
             probs = P.naive_sampled_rows_block_probs(q, k, block_m=BLOCK_M, block_n=BLOCK_N, scale=scale, rows=n)
             forced_rows, forced_cols = R.naive_forced_blocks(q, k, block_m=BLOCK_M, block_n=BLOCK_N, keep_ranges=keep)
             forced_cols = forced_cols.unsqueeze(-2).expand_as(probs)
-            return P.select_by_drop_mass(probs, value, forced_cols) | forced_cols | forced_rows.unsqueeze(-1)
+            return S.select_by_drop_mass(probs, value, forced_cols) | forced_cols | forced_rows.unsqueeze(-1)
         return fn
-
-    def budget_rule(q, k, scale, keep, value):  # value = error budget ε; δ = ε · c
-        return P.naive_predict_block_mask_lse(q, k, block_m=BLOCK_M, block_n=BLOCK_N, scale=scale,
-                                              drop_mass=value * P.DROP_MASS_PER_ERROR, keep_ranges=keep)
 
     return {
         "sparge-cdf": ("1-tau", DROP_MASS, sparge_cdf),
@@ -88,7 +86,6 @@ def predictor_sweeps(error_budgets: Sequence[float]) -> Dict[str, Tuple[str, Seq
         "lse": ("delta", DROP_MASS, lse(1.0)),
         "lse-novar": ("delta", DROP_MASS, lse(0.0)),
         "lse-topk": ("topk", TOPK, lse_topk),
-        "lse-budget": ("epsilon", tuple(error_budgets), budget_rule),
     }
 
 
@@ -100,7 +97,7 @@ def evaluate(geometry: str, order: str, variant: str, heads: Sequence[int], pred
     index: List[Tuple[str, str, float]] = []
     for name, (knob, values, _) in sweeps.items():
         index += [(name, knob, v) for v in values]
-    sweep = P.MaskSweep(len(index), ideal_drop_mass=DROP_MASS)
+    sweep = E.MaskSweep(len(index), ideal_drop_mass=DROP_MASS)
     t0 = time.time()
     for head in heads:
         q, k, v, geo = geometry_qkv(geometry, variant=variant, head_indices=[head], order=order,
@@ -138,7 +135,7 @@ def summarize(rows: List[dict]) -> List[dict]:
     for (geometry, variant, order, predictor), items in groups.items():
         record = dict(geometry=geometry, variant=variant, order=order, predictor=predictor)
         for budget in BUDGETS:
-            best, i = P.best_sparsity([r["rel_l1"] for r in items], [r["sparsity"] for r in items], budget)
+            best, i = E.best_sparsity([r["rel_l1"] for r in items], [r["sparsity"] for r in items], budget)
             record[f"sparsity@{budget}"] = best
             record[f"value@{budget}"] = items[i]["value"] if i is not None else None
         out.append(record)

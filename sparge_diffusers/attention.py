@@ -18,7 +18,8 @@ import torch
 
 from ._logging import log_once
 from .block_map import BlockMap, block_mask_from_lut
-from .config import SpargeConfig, _check_ranges
+from .budget_guard import BudgetGuard
+from .config import PRECISION_ERROR_FLOOR, SpargeConfig, _check_ranges
 from .kernels import reference
 
 logger = logging.getLogger(__name__)
@@ -36,11 +37,13 @@ class SpargeStats:
         sparsity: fp32 ``[B, H]`` fraction of skipped block pairs per head (0 on the dense path).
         block_map: the kept blocks (None on the dense path).
         backend: ``"triton"``, ``"reference"`` or ``"dense"``.
+        drop_mass: fp32 ``[B, H]`` drop masses the error budget used (None for other rules and the dense path).
     """
 
     sparsity: torch.Tensor
     block_map: Optional[BlockMap]
     backend: str
+    drop_mass: Optional[torch.Tensor] = None
 
     @property
     def mean_sparsity(self) -> float:
@@ -57,6 +60,8 @@ def sparge_attn(
     scale: Optional[float] = None,
     return_stats: bool = False,
     keep_ranges: Optional[Sequence[Tuple[int, int]]] = None,
+    layer: Optional[int] = None,
+    guard: Optional[BudgetGuard] = None,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, SpargeStats]]:
     """Sparse + quantized attention (SpargeAttn, arXiv 2502.18137), a drop-in for softmax attention.
 
@@ -70,6 +75,10 @@ def sparge_attn(
         return_stats: also return a `SpargeStats`.
         keep_ranges: ``(start, end)`` token ranges whose rows and columns are always computed; overrides
             ``config.keep_token_ranges`` for this call (integrations pass the text tokens here).
+        layer: the attention layer index, for a calibrated budget (``config.calibration``).
+        guard: per-layer state of the error budget across calls (`BudgetGuard`): its drop masses are reused for a
+            few calls and measured again when they are due. Without one (and without a calibration) every call
+            with ``target_error`` measures its drop masses on sampled exact rows (about 1% of the attention work).
     Returns:
         the attention output shaped and typed like ``q``, and the stats when asked.
     Raises:
@@ -85,7 +94,12 @@ def sparge_attn(
     scale = _check_scale(scale, head_dim)
     ranges = config.keep_token_ranges if keep_ranges is None else _check_ranges("keep_ranges", keep_ranges)
 
+    selection = config.selection
     backend = _choose_backend(q, k, config)
+    drop = None
+    if selection.rule == "budget" and backend != "dense":
+        _warn_below_floor(config)
+        drop = _known_drop_mass(config, layer, guard, q.shape[:2], q.device)
     if backend == "dense":
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
         stats = SpargeStats(torch.zeros(q.shape[:2], device=q.device), None, "dense") if return_stats else None
@@ -94,29 +108,57 @@ def sparge_attn(
             from .kernels.dispatch import sparge_attention_triton
 
             padded = _pad_head_dim(q, k, v)
-            out, lut, counts = sparge_attention_triton(
-                *padded, scale=scale, block_m=config.block_m, block_n=config.block_n, topk=config.topk,
-                cdf_threshold=config.cdf_threshold, sim_threshold=config.sim_threshold,
-                pv_threshold=config.pv_threshold, precision=config.precision, keep_ranges=ranges,
-                predictor=config.predictor, target_error=config.target_error,
+            out, lut, counts, used = sparge_attention_triton(
+                *padded, scale=scale, block_m=config.block_m, block_n=config.block_n, selection=selection,
+                sim_threshold=config.sim_threshold, pv_threshold=config.pv_threshold, precision=config.precision,
+                keep_ranges=ranges, predictor=config.predictor, drop_mass=drop,
             )
             out = out[..., :head_dim]
             block_mask = block_mask_from_lut(lut, counts) if return_stats else None
         else:
-            out, block_mask = reference.naive_sparge_attention(
+            out = reference.naive_sparge_attention(
                 q, k, v, scale=scale, block_m=config.block_m, block_n=config.block_n, topk=config.topk,
                 cdf_threshold=config.cdf_threshold, sim_threshold=config.sim_threshold,
                 pv_threshold=config.pv_threshold, precision=config.precision, keep_ranges=ranges,
-                predictor=config.predictor, target_error=config.target_error,
+                predictor=config.predictor, target_error=config.target_error, drop_mass=drop,
+                return_drop_mass=True,
             )
+            out, block_mask, used = out
+        if selection.rule == "budget" and guard is not None and drop is None and not torch.compiler.is_compiling():
+            guard.update(q.shape[:2], used)
         out = out.to(q.dtype)
         stats = None
         if return_stats:
             block_map = BlockMap(block_mask, config.block_m, config.block_n, q.shape[-2], k.shape[-2])
-            stats = SpargeStats(block_map.sparsity_per_head(), block_map, backend)
+            stats = SpargeStats(block_map.sparsity_per_head(), block_map, backend,
+                                used if selection.rule == "budget" else None)
     if layout == "BSHD":
         out = out.transpose(1, 2)
     return (out, stats) if return_stats else out
+
+
+def _known_drop_mass(config: SpargeConfig, layer: Optional[int], guard: Optional[BudgetGuard], batch_heads,
+                     device) -> Optional[torch.Tensor]:
+    """Drop masses that need no measuring in this call: calibrated for this layer, or the guard's still fresh
+    ones; None means measure them."""
+    if config.calibration is not None and layer is not None:
+        from .calibration import load_calibration
+
+        calibrated = load_calibration(config.calibration).drop_mass(layer, config.target_error, *batch_heads)
+        if calibrated is not None:
+            return calibrated.to(device)
+    if guard is not None and not torch.compiler.is_compiling():
+        return guard.reuse(batch_heads)
+    return None
+
+
+def _warn_below_floor(config: SpargeConfig) -> None:
+    floor = PRECISION_ERROR_FLOOR[config.precision]
+    if config.target_error < floor:
+        log_once(logger, f"floor:{config.precision}:{config.target_error}", "sparge_attn: target_error=%.3g is below "
+                 "the error floor of precision=%r (about %.3g relative L1 with every block kept); the budget bounds "
+                 "the selection error only, quantization adds its own", config.target_error, config.precision, floor,
+                 level=logging.WARNING)
 
 
 def _to_bhsd(q, k, v, layout: str):

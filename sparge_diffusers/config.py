@@ -6,9 +6,11 @@ Paper symbols (SpargeAttn, Zhang et al., ICML 2025, arXiv 2502.18137):
   reaches τ (Sec. 3.2).
 - θ (``sim_threshold``): a block whose mean pairwise cosine similarity is below θ is not well represented by its
   mean token; such blocks are always computed (the paper's "fix" blocks, Sec. 3.2).
-- ε (``target_error``): an error budget, the relative L1 error against dense attention the user accepts; mapped to
-  a drop budget of predicted block mass per query block (``δ = ε · DROP_MASS_PER_ERROR``, measured on video-like
-  attention, see `sparge_diffusers.kernels.predictors`), so that no threshold needs tuning per model.
+- ε (``target_error``): an error budget, the relative L1 error of the block selection against dense attention
+  that the user accepts. Per (batch, head), the least massive blocks are dropped up to a drop mass measured on
+  sampled exact rows of the same call to meet ε (`sparge_diffusers.kernels.budget`), so no threshold needs tuning
+  per model; a calibration file (``sparge-diffusers calibrate``) or the integration's per-layer state can supply
+  those drop masses instead of measuring them in every call.
 - λ (``pv_threshold``): stage-2 filter; inside the kernel a key block's P·V product is skipped when its row maxima
   all lie more than ``-λ`` below the running maxima of the online softmax (Sec. 3.4). λ ≤ 0 in natural-log units.
 """
@@ -19,11 +21,19 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Optional, Tuple
 
+from .kernels.selection import Selection, resolve_selection
+
 PRECISIONS = ("int8-fp8", "int8-fp16", "bf16")
 REORDERS = ("hilbert", "rowmajor", "none")
 PREDICTORS = ("sparge", "lse", "full")
 HEAD_DIM_FALLBACKS = ("pad", "dense")
 BLOCK_SIZES = (64, 128)
+DEFAULT_TARGET_ERROR = 0.05
+# Relative L1 against fp32 dense attention that each precision adds with every block kept (the error floor of a
+# budget). Measured on an H200 with random normal inputs, the worst case (near-uniform attention rounds most P
+# values): int8-fp8 0.039-0.041 (`scripts/fp8_error_floor.py`: 0.037 from e4m3 rounding of P and V alone),
+# int8-fp16 0.013-0.014, bf16 0.003 (cuDNN 0.002). See benchmarks/results/kernels_h200.md.
+PRECISION_ERROR_FLOOR = {"int8-fp8": 0.04, "int8-fp16": 0.014, "bf16": 0.003}
 
 TokenRange = Tuple[int, int]
 
@@ -43,12 +53,16 @@ def _check_ranges(name: str, ranges) -> Tuple[TokenRange, ...]:
 class SpargeConfig:
     """How sparse attention is predicted and computed.
 
-    Selection (exactly one rule is used: ``target_error`` when given, else ``topk``, else ``cdf_threshold``):
-        target_error: ε in (0, 1) or None: the relative L1 error budget against dense attention. Per query block,
-            the least massive key blocks are dropped while their cumulative predicted mass is ``<= ε · c``
-            (``c = predictors.DROP_MASS_PER_ERROR``; with ``predictor="sparge"``: TopCdf with ``τ = 1 − ε · c``).
-        topk: fraction of key blocks kept per query block, in (0, 1]. ``1.0`` is dense attention.
-        cdf_threshold: τ in (0, 1]; TopCdf selection of key blocks by predicted mass.
+    Selection (exactly one rule is used, decided by `kernels.selection.resolve_selection`: ``topk`` when given,
+    else ``cdf_threshold``, else ``target_error``, the default):
+        target_error: ε in (0, 1): the relative L1 error budget of the block selection against dense attention
+            (default `DEFAULT_TARGET_ERROR`). Per (batch, head) the least massive key blocks are dropped up to the
+            largest drop mass whose error on sampled exact rows of the call stays within ε; where none does, every
+            block is kept. Quantization adds its own error on top (`PRECISION_ERROR_FLOOR`).
+        topk: fraction of key blocks kept per query block, in (0, 1], or None. ``1.0`` is dense attention.
+        cdf_threshold: τ in (0, 1] or None; TopCdf selection of key blocks by predicted mass.
+        calibration: path of a calibration JSON (``sparge-diffusers calibrate``): per layer and head drop masses
+            that meet ε, used instead of measuring them (layers not in the file are measured).
         sim_threshold: θ in [-1, 1] or None (off). Query blocks below θ keep all key blocks; key blocks below θ are
             kept for every query block.
         pv_threshold: λ ≤ 0 or None (off); stage-2 skip of P·V for key blocks far below the running max.
@@ -78,7 +92,7 @@ class SpargeConfig:
         check_finite: raise ValueError on NaN/inf inputs (one device sync per call; skipped under torch.compile).
     """
 
-    topk: Optional[float] = 0.5
+    topk: Optional[float] = None
     cdf_threshold: Optional[float] = None
     sim_threshold: Optional[float] = 0.6
     pv_threshold: Optional[float] = None
@@ -93,7 +107,8 @@ class SpargeConfig:
     dense_steps: int = 0
     dense_layers: Tuple[int, ...] = ()
     check_finite: bool = True
-    target_error: Optional[float] = None  # last, so that positional arguments keep their meaning
+    target_error: Optional[float] = 0.05  # last, so that positional arguments keep their meaning
+    calibration: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.target_error is not None and not (
@@ -102,7 +117,10 @@ class SpargeConfig:
             raise ValueError(f"target_error (ε) must be in (0, 1) or None, got {self.target_error!r}")
         if (self.topk is None and self.cdf_threshold is None and self.target_error is None
                 and self.predictor != "full"):
-            raise ValueError("SpargeConfig needs topk (in (0, 1]) or cdf_threshold (in (0, 1]); both are None")
+            raise ValueError("SpargeConfig needs topk (in (0, 1]), cdf_threshold (in (0, 1]) or target_error "
+                             "(in (0, 1)); all are None")
+        if self.calibration is not None and not isinstance(self.calibration, str):
+            raise ValueError(f"calibration must be a path (str) or None, got {type(self.calibration).__name__}")
         for name in ("topk", "cdf_threshold"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and 0.0 < value <= 1.0):
@@ -131,15 +149,15 @@ class SpargeConfig:
         object.__setattr__(self, "dense_layers", layers)
 
     @property
+    def selection(self) -> Selection:
+        """The selection rule this setting uses (`kernels.selection.resolve_selection`)."""
+        return resolve_selection(predictor=self.predictor, topk=self.topk, cdf_threshold=self.cdf_threshold,
+                                 target_error=self.target_error)
+
+    @property
     def is_dense(self) -> bool:
         """True when the setting keeps every block (no sparsity is possible)."""
-        if self.predictor == "full":
-            return True
-        if self.target_error is not None:
-            return False
-        if self.topk is not None:
-            return self.topk >= 1.0
-        return self.cdf_threshold >= 1.0
+        return self.selection.keeps_all
 
     def replace(self, **changes) -> "SpargeConfig":
         """A copy with some fields changed (validated again)."""

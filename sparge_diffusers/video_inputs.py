@@ -69,6 +69,9 @@ def load_clip(name: str, num_frames: int, height: int, width: int, start: int = 
 
     Falls back to a smooth synthetic moving pattern when the clip is unavailable.
     """
+    key = (name, num_frames, height, width, start)
+    if key in _FRAME_CACHE:
+        return _FRAME_CACHE[key].float() / 255.0
     path = clip_path(name)
     if path is None:
         return _synthetic_clip(num_frames, height, width, seed=sum(map(ord, name)))
@@ -76,6 +79,21 @@ def load_clip(name: str, num_frames: int, height: int, width: int, start: int = 
     index = torch.linspace(start, decoded.shape[0] - 1, num_frames).round().long()
     frames = decoded[index].permute(0, 3, 1, 2).float() / 255.0
     return torch.nn.functional.interpolate(frames, size=(height, width), mode="area")
+
+
+_FRAME_CACHE: Dict[Tuple[str, int, int, int, int], torch.Tensor] = {}
+
+
+def use_frame_cache(cache: Dict[Tuple[str, int, int, int, int], torch.Tensor]) -> None:
+    """Serve `load_clip` from precomputed uint8 frames ``[T, 3, H, W]`` keyed by ``(name, T, H, W, start)`` (for
+    machines without the clips or a video decoder; `frame_cache_entry` makes the entries)."""
+    _FRAME_CACHE.update(cache)
+
+
+def frame_cache_entry(name: str, num_frames: int, height: int, width: int, start: int = 0):
+    """``(key, uint8 frames)`` for `use_frame_cache`."""
+    frames = load_clip(name, num_frames, height, width, start)
+    return (name, num_frames, height, width, start), (frames * 255.0).round().to(torch.uint8)
 
 
 def _synthetic_clip(num_frames: int, height: int, width: int, seed: int) -> torch.Tensor:
@@ -314,9 +332,11 @@ __all__ = [
     "AttentionStyle",
     "Geometry",
     "clip_path",
+    "frame_cache_entry",
     "geometry_qkv",
     "load_clip",
     "rotary_3d",
     "token_features",
+    "use_frame_cache",
     "video_like_qkv",
 ]

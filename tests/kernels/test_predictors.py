@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from sparge_diffusers import SpargeConfig, sparge_attn
-from sparge_diffusers.kernels import predictors as P
+from sparge_diffusers.kernels import evaluation as E
+from sparge_diffusers.kernels import selection as S
+from sparge_diffusers.kernels.predict import naive as P
 from sparge_diffusers.kernels import reference as ref
 from sparge_diffusers.video_inputs import video_like_qkv
 
@@ -69,7 +71,7 @@ def loop_drop_mass(probs, drop_mass, forced):
 def test_select_by_drop_mass_matches_loop(gen, drop_mass):
     probs = torch.softmax(3 * torch.randn(20, 13, generator=gen), dim=-1)
     forced = torch.rand(20, 13, generator=gen) < 0.1
-    got = P.select_by_drop_mass(probs, drop_mass, forced)
+    got = S.select_by_drop_mass(probs, drop_mass, forced)
     assert torch.equal(got, loop_drop_mass(probs, drop_mass, forced))
     assert got.any(dim=-1).all() and got[forced].all()
     dropped_mass = (probs * ~got).sum(-1)
@@ -97,9 +99,9 @@ def test_mask_sweep_matches_block_sparse_reference(gen):
     for m in masks:
         out = ref.naive_block_sparse_attention(q, k, v, m, block_m=128, block_n=64, scale=0.125)
         expected = ref.relative_l1(out, ref.naive_attention(q, k, v, scale=0.125))
-        got = P.masked_attention_rel_l1(q, k, v, m, block_m=128, block_n=64, scale=0.125)
+        got = E.masked_attention_rel_l1(q, k, v, m, block_m=128, block_n=64, scale=0.125)
         assert got == pytest.approx(expected, rel=1e-4)
-    sweep = P.MaskSweep(0, ideal_thresholds=[0.9])
+    sweep = E.MaskSweep(0, ideal_thresholds=[0.9])
     mass = torch.zeros(3, 9)
     sweep.add_head(q[0, 0], k[0, 0], v[0, 0], torch.zeros(0, 3, 9, dtype=torch.bool), block_m=128, block_n=64,
                    scale=0.125, chunk_blocks=2, mass_out=mass)
@@ -156,7 +158,11 @@ def test_target_error_is_validated(bad):
         SpargeConfig(target_error=bad)
 
 
-def test_target_error_wins_over_topk():
-    config = SpargeConfig(target_error=0.05)
-    assert config.topk == 0.5 and not config.is_dense
-    assert SpargeConfig(topk=None, target_error=0.05, predictor="lse").target_error == 0.05
+def test_selection_precedence():
+    """The default rule is the error budget; naming top-k or τ selects that rule instead."""
+    assert SpargeConfig().selection == S.Selection("budget", 0.05)
+    assert SpargeConfig(target_error=0.02).selection == S.Selection("budget", 0.02)
+    assert SpargeConfig(topk=0.5).selection == S.Selection("topk", 0.5)
+    assert SpargeConfig(cdf_threshold=0.9).selection == S.Selection("cdf", 0.9)
+    assert SpargeConfig(topk=1.0).is_dense and SpargeConfig(predictor="full").is_dense
+    assert not SpargeConfig().is_dense

@@ -6,6 +6,7 @@ import torch
 from sparge_diffusers import SpargeConfig, sparge_attn
 from sparge_diffusers.block_map import BlockMap, block_mask_from_lut
 from sparge_diffusers.kernels import dispatch, reference as ref
+from sparge_diffusers.kernels.selection import Selection, resolve_selection
 
 pytestmark = pytest.mark.gpu
 
@@ -30,8 +31,8 @@ def qkv(b, h, s, d, dtype=torch.bfloat16, seed=0):
 def test_fused_call_matches_reference(seq_len, head_dim, precision, block_n):
     q, k, v = qkv(2 if seq_len <= 4001 else 1, 2, seq_len, head_dim)
     for pv_threshold in (None, -4.0):
-        out, lut, counts = dispatch.sparge_attention_triton(
-            q, k, v, scale=head_dim ** -0.5, block_m=128, block_n=block_n, topk=0.5, cdf_threshold=None,
+        out, lut, counts, _ = dispatch.sparge_attention_triton(
+            q, k, v, scale=head_dim ** -0.5, block_m=128, block_n=block_n, selection=Selection("topk", 0.5),
             sim_threshold=None, pv_threshold=pv_threshold, precision=precision, keep_ranges=[(0, 50)],
             predictor="sparge")
         expected, mask = ref.naive_sparge_attention(
@@ -111,16 +112,16 @@ def test_lse_predictor_matches_reference(seq_len, head_dim):
     """On random inputs the lse block masses are nearly equal, so the GPU and the reference (bf16 matmul, other
     summation order) may rank near-ties differently: compare kept predicted mass, not masks, and check the
     attention against the reference run on the kernel's own mask."""
-    from sparge_diffusers.kernels.predictors import naive_lse_block_probs
+    from sparge_diffusers.kernels.predict.naive import naive_lse_block_probs
 
     q, k, v = qkv(1, 2, seq_len, head_dim)
     scale = head_dim ** -0.5
     probs = naive_lse_block_probs(q, k, block_m=128, block_n=64, scale=scale)
     for topk, target_error in ((0.3, None), (None, 0.05)):
-        out, lut, counts = dispatch.sparge_attention_triton(
-            q, k, v, scale=scale, block_m=128, block_n=64, topk=topk, cdf_threshold=None, sim_threshold=None,
-            pv_threshold=None, precision="int8-fp16", keep_ranges=[(0, 50)], predictor="lse",
-            target_error=target_error)
+        rule = resolve_selection(predictor="lse", topk=topk, cdf_threshold=None, target_error=target_error)
+        out, lut, counts, _ = dispatch.sparge_attention_triton(
+            q, k, v, scale=scale, block_m=128, block_n=64, selection=rule, sim_threshold=None,
+            pv_threshold=None, precision="int8-fp16", keep_ranges=[(0, 50)], predictor="lse")
         _, expected_mask = ref.naive_sparge_attention(
             q, k, v, scale=scale, topk=topk, precision="int8-fp16", keep_ranges=[(0, 50)], predictor="lse",
             target_error=target_error)
@@ -139,7 +140,7 @@ def test_lse_predictor_matches_reference(seq_len, head_dim):
 @pytest.mark.parametrize("split_roles", [False, True], ids=["one-program-per-block", "program-per-tensor"])
 def test_prepare_matches_reference_at_length(seq_len, head_dim, split_roles):
     from sparge_diffusers.kernels import quantize
-    from sparge_diffusers.kernels.predictors import naive_lse_block_logits
+    from sparge_diffusers.kernels.predict.naive import naive_lse_block_logits
 
     q, k, v = qkv(1, 2, seq_len, head_dim, seed=3)
     k = k + torch.linspace(-4, 4, head_dim, device="cuda", dtype=k.dtype)  # a channel bias that smoothing removes

@@ -13,6 +13,7 @@ import torch
 
 from sparge_diffusers.block_map import BlockMap, block_mask_from_lut
 from sparge_diffusers.kernels import dispatch, reference as ref
+from sparge_diffusers.kernels.selection import Selection, resolve_selection
 from sparge_diffusers.kernels import block_sparse_attn, predict, quantize
 
 # Kernel vs reference emulation of the same arithmetic (int8 / fp16 paths): only summation order differs.
@@ -93,7 +94,7 @@ def test_prepare_rejects_unknown_statistics(gen):
 @pytest.mark.parametrize("pool_in_kernel", [True, False], ids=["pooled-in-kernel", "pooled-by-matmul"])
 def test_select_blocks_matches_reference(gen, seq_len, selection, pool_in_kernel, monkeypatch):
     if not pool_in_kernel:
-        monkeypatch.setattr(predict, "POOL_IN_KERNEL_UP_TO", 0)
+        monkeypatch.setattr(predict.kernel, "POOL_IN_KERNEL_UP_TO", 0)
     q, k, _ = qkv(gen, 2, 2, seq_len, 64)
     q = q + torch.linspace(-1, 1, seq_len)[:, None].half()
     for sim_threshold, ranges in ((None, ()), (0.02, [(0, 70)]), (None, [(seq_len - 30, seq_len)])):
@@ -170,8 +171,8 @@ def _run_kernel(q, k, v, lut, counts, precision, pv_threshold, block_n=64, **lau
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_fused_fp8_path_error_is_bounded(gen, seq_len, head_dim):
     q, k, v = qkv(gen, 1, 2, seq_len, head_dim)
-    out, lut, counts = dispatch.sparge_attention_launch(q, k, v, head_dim ** -0.5, 128, 64, 1.0, None, None, None,
-                                                        "int8-fp8", [], "full")
+    out, lut, counts, _ = dispatch.sparge_attention_launch(q, k, v, head_dim ** -0.5, 128, 64, Selection("all"),
+                                                           None, None, "int8-fp8", [], "full")
     assert torch.isfinite(out).all() and counts.min() == ref.num_blocks(seq_len, 64)
     assert ref.relative_l1(out, ref.naive_attention(q, k, v)) < INTERPRETER_FP8_RELL1
 
@@ -180,9 +181,10 @@ def test_fused_fp8_path_error_is_bounded(gen, seq_len, head_dim):
 @pytest.mark.parametrize("selection", [dict(topk=0.5), dict(topk=None, cdf_threshold=0.8)], ids=["topk", "cdf"])
 def test_fused_launch_matches_reference_algorithm(gen, precision, selection):
     q, k, v = qkv(gen, 2, 2, 333, 64)
-    out, lut, counts = dispatch.sparge_attention_launch(
-        q, k, v, 0.125, 128, 64, selection["topk"], selection.get("cdf_threshold"), None, -6.0, precision,
-        [0, 40], "sparge")
+    rule = resolve_selection(predictor="sparge", topk=selection["topk"], cdf_threshold=selection.get("cdf_threshold"),
+                             target_error=None)
+    out, lut, counts, _ = dispatch.sparge_attention_launch(q, k, v, 0.125, 128, 64, rule, None, -6.0, precision,
+                                                           [0, 40], "sparge")
     expected, expected_mask = ref.naive_sparge_attention(
         q, k, v, scale=0.125, topk=selection["topk"], cdf_threshold=selection.get("cdf_threshold"),
         pv_threshold=-6.0, precision=precision, keep_ranges=[(0, 40)])
@@ -202,7 +204,7 @@ def test_rows_with_all_blocks_filtered_stay_finite(gen):
 @pytest.mark.parametrize("seq_len", [97, 300, 700])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_lse_block_logits_match_reference(gen, seq_len, head_dim):
-    from sparge_diffusers.kernels.predictors import naive_lse_block_logits
+    from sparge_diffusers.kernels.predict.naive import naive_lse_block_logits
 
     q, k, _ = qkv(gen, 2, 2, seq_len, head_dim)
     k = k[..., : seq_len - 5, :]  # keys shorter than queries, ending inside a block
@@ -218,7 +220,7 @@ def test_lse_block_logits_match_reference(gen, seq_len, head_dim):
 @pytest.mark.parametrize("selection", [dict(topk=0.3), dict(drop_mass=0.05), dict(drop_mass=0.3)],
                          ids=["topk0.3", "drop0.05", "drop0.3"])
 def test_lse_selection_matches_reference(gen, seq_len, selection):
-    from sparge_diffusers.kernels.predictors import naive_lse_block_logits, naive_predict_block_mask_lse
+    from sparge_diffusers.kernels.predict.naive import naive_lse_block_logits, naive_predict_block_mask_lse
 
     q, k, _ = qkv(gen, 1, 3, seq_len, 64)
     q = q + torch.linspace(-1, 1, seq_len)[:, None].half()
@@ -233,12 +235,64 @@ def test_lse_selection_matches_reference(gen, seq_len, selection):
         assert torch.equal(block_mask_from_lut(lut, counts), expected)
 
 
+@pytest.mark.parametrize("pooled", [False, True], ids=["lse", "pooled"])
+def test_per_head_drop_mass_selection_matches_reference(gen, pooled):
+    """The error budget's per-(batch, head) drop masses: the selection kernel against `select_by_drop_mass`."""
+    from sparge_diffusers.kernels.predict.naive import naive_forced_blocks, naive_predicted_block_probs
+    from sparge_diffusers.kernels.selection import select_by_drop_mass
+
+    seq_len, ranges = 700, [(0, 70)]
+    q, k, _ = qkv(gen, 2, 3, seq_len, 64)
+    q = q + torch.linspace(-1, 1, seq_len)[:, None].half()
+    drop = torch.tensor([[0.05, 0.3, -1.0], [0.0, 0.125, 0.6]])
+    common = dict(seq_len_q=seq_len, seq_len_k=seq_len, block_m=128, block_n=64, scale=0.125, topk=None,
+                  cdf_threshold=None, sim_threshold=None, keep_ranges=ranges, drop_mass=drop)
+    if pooled:
+        prepared = quantize.prepare_fwd(q, k, None, block_m=128, block_n=64, quantize_qk=False, v_fp8=False,
+                                        stats="pooled", softmax_scale=0.125)
+        lut, counts = predict.select_blocks_fwd(prepared.q_means, prepared.k_means, prepared.q_sims,
+                                                prepared.k_sims, **common)
+        probs = naive_predicted_block_probs("sparge", q, k, block_m=128, block_n=64, scale=0.125)
+    else:
+        from sparge_diffusers.kernels.predict.naive import naive_lse_block_logits
+
+        logits = naive_lse_block_logits(q, k, block_m=128, block_n=64, scale=0.125)
+        lut, counts = predict.select_blocks_fwd(None, None, None, None, block_logits=logits, **common)
+        probs = torch.softmax(logits, -1)
+    fr, fc = naive_forced_blocks(q, k, block_m=128, block_n=64, keep_ranges=ranges)
+    cols = fc.unsqueeze(-2)
+    expected = select_by_drop_mass(probs, drop[..., None, None], cols.expand_as(probs)) | cols | fr.unsqueeze(-1)
+    got = block_mask_from_lut(lut, counts)
+    assert (got != expected).float().mean() < 0.01  # near-ties may rank differently in fp16 vs fp32 pooled means
+    assert got[0, 2].all()  # KEEP_ALL (-1) keeps every block
+    assert got[0, 1].sum() < got[0, 0].sum()  # a larger drop mass keeps fewer blocks
+
+
+def test_fused_budget_launch_uses_given_drop_masses(gen):
+    q, k, v = qkv(gen, 1, 2, 400, 64)
+    drop = torch.tensor([[0.2, -1.0]])
+    rule = Selection("budget", 0.05)
+    out, lut, counts, used = dispatch.sparge_attention_launch(q, k, v, 0.125, 128, 64, rule, None, None,
+                                                              "int8-fp16", [0, 40], "lse", drop)
+    assert torch.equal(used, drop)
+    expected, mask = ref.naive_sparge_attention(q, k, v, scale=0.125, block_n=64, target_error=0.05,
+                                                precision="int8-fp16", keep_ranges=[(0, 40)], predictor="lse",
+                                                drop_mass=drop)
+    assert (block_mask_from_lut(lut, counts) != mask).float().mean() < 0.02
+    assert block_mask_from_lut(lut, counts)[0, 1].all()
+    assert ref.relative_l1(out, expected) < EMULATION_RELL1
+    _, _, _, measured = dispatch.sparge_attention_launch(q, k, v, 0.125, 128, 64, rule, None, None, "int8-fp16",
+                                                         [0, 40], "lse")
+    assert measured.shape == (1, 2) and torch.isfinite(measured).all()
+
+
 @pytest.mark.parametrize("selection", [dict(topk=0.4), dict(topk=None, target_error=0.05)], ids=["topk", "budget"])
 def test_fused_launch_with_lse_predictor_matches_reference(gen, selection):
     q, k, v = qkv(gen, 2, 2, 333, 64)
-    out, lut, counts = dispatch.sparge_attention_launch(
-        q, k, v, 0.125, 128, 64, selection["topk"], None, None, None, "int8-fp16", [0, 40], "lse",
-        selection.get("target_error"))
+    rule = resolve_selection(predictor="lse", topk=selection["topk"], cdf_threshold=None,
+                             target_error=selection.get("target_error"))
+    out, lut, counts, _ = dispatch.sparge_attention_launch(
+        q, k, v, 0.125, 128, 64, rule, None, None, "int8-fp16", [0, 40], "lse")
     expected, expected_mask = ref.naive_sparge_attention(
         q, k, v, scale=0.125, topk=selection["topk"], precision="int8-fp16", keep_ranges=[(0, 40)],
         predictor="lse", target_error=selection.get("target_error"))
@@ -285,7 +339,7 @@ def test_prepare_split_roles_gives_identical_outputs(gen, stats):
                                     dict(block_q=128, per_program=16, num_stages=2)],
                          ids=["bq16-per4", "bq64-per3", "bq128-per16-pipelined"])
 def test_lse_block_logits_launch_settings_match_reference(gen, launch):
-    from sparge_diffusers.kernels.predictors import naive_lse_block_logits
+    from sparge_diffusers.kernels.predict.naive import naive_lse_block_logits
 
     q, k, _ = qkv(gen, 1, 2, 700, 64)
     k = k[..., :695, :]  # 11 key blocks of 64: the last program of a row has fewer than per_program blocks

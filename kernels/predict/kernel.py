@@ -5,21 +5,22 @@ of the block means from `quantize.prepare_fwd`, or computed in the program for s
 log-masses that `quantize.prepare_fwd` computes.
 It applies the softmax over key blocks, the self-similarity test θ and the always-kept ranges, selects by top-k,
 TopCdf τ (SpargeAttn, arXiv 2502.18137, Sec. 3.2) or a dropped-mass budget with a bitonic sort in registers, and
-writes the kept indices in ascending order. Ground truth: `reference.naive_predict_block_mask`,
-`predictors.naive_predict_block_mask_lse`.
+writes the kept indices in ascending order. Ground truth: `naive.naive_predict_block_mask`,
+`naive.naive_predict_block_mask_lse`.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import triton
 import triton.language as tl
 
-from .lut import lut_from_mask
-from .reference import blocks_touching
+from ..geometry import blocks_touching
+from ..lut import lut_from_mask
+from ..selection import MODE_CDF, MODE_DROP_MASS, MODE_TOPK
 
 __all__ = ["forced_blocks", "lse_block_logits_fwd", "lut_from_mask", "select_blocks_fwd"]
 
@@ -32,10 +33,10 @@ POOL_IN_KERNEL_UP_TO = 64
 
 @triton.jit
 def _select_blocks_fwd_kernel(
-    LOGITS, Q_MEAN, K_MEAN, Q_SIM, K_SIM, FORCED_Q, FORCED_K, LUT, COUNT,
+    LOGITS, Q_MEAN, K_MEAN, Q_SIM, K_SIM, FORCED_Q, FORCED_K, LUT, COUNT, DROP,
     NQ, NK, SK, scale, sim_threshold, topk_count, cdf_threshold,
     BLOCK_N: tl.constexpr, NK_PAD: tl.constexpr, MODE: tl.constexpr, USE_SIM: tl.constexpr,
-    POOLED: tl.constexpr, POOL_IN_KERNEL: tl.constexpr, D: tl.constexpr,
+    POOLED: tl.constexpr, POOL_IN_KERNEL: tl.constexpr, D: tl.constexpr, PER_HEAD_DROP: tl.constexpr,
 ):
     # logits: [B, H, NQ, NK] fp32: q̄ k̄ᵀ unscaled (POOLED, the paper's stage 1) or finished block log-masses ("lse");
     # with POOL_IN_KERNEL the program computes its row q̄ᵢ k̄ᵀ from q_mean [B, H, NQ, D], k_mean [B, H, NK, D] instead;
@@ -43,7 +44,8 @@ def _select_blocks_fwd_kernel(
     # lut: [B, H, NQ, NK] int32; count: [B, H, NQ] int32.
     # MODE 0: top-k (forced columns count against the budget); 1: TopCdf τ over the non-forced blocks (softmax over
     # them alone, the paper's rule); 2: drop the least massive non-forced blocks while their mass (softmax over all
-    # blocks) stays <= δ = cdf_threshold, keeping the most massive block when nothing is forced.
+    # blocks) stays <= δ = cdf_threshold (or drop[b·h] with PER_HEAD_DROP: fp32 [B·H], the error budget's per-head
+    # drop masses; δ < 0 keeps every block), keeping the most massive block when nothing is forced.
     pid_q = tl.program_id(0)
     pid_bh = tl.program_id(1)
     row = pid_bh * NQ + pid_q
@@ -90,7 +92,11 @@ def _select_blocks_fwd_kernel(
     else:
         mass_before = tl.cumsum(ranked, 0) - ranked
         nothing_forced = tl.sum(forced_col.to(tl.int32), axis=0) == 0
-        num_keep = tl.sum((mass_before < tl.sum(keyed, axis=0) - cdf_threshold).to(tl.int32), axis=0)
+        if PER_HEAD_DROP:
+            drop = tl.load(DROP + pid_bh)
+        else:
+            drop = cdf_threshold
+        num_keep = tl.sum((mass_before < tl.sum(keyed, axis=0) - drop).to(tl.int32), axis=0)
         num_keep = tl.maximum(num_keep, nothing_forced.to(tl.int32))
     # Keep the num_keep largest; ties at the cut are broken as a stable sort would: lowest index first (top-k and
     # TopCdf rank descending), highest index first (the drop rule drops in ascending order).
@@ -119,7 +125,7 @@ def _lse_block_logits_fwd_kernel(
 ):
     # qm, qv: [B, H, NQ, D] in k's dtype: q̄ · scale and ½ w scale² σ² per query block; k: [B, H, SK, D] (any
     # strides); logits: [B, H, NQ, NK] fp32 = logsumexp over the keys c of block j of (qm_i · k_c + qv_i · k_c²)
-    # (as `predictors.naive_lse_block_logits`).
+    # (as `naive.naive_lse_block_logits`).
     pid_q = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -151,7 +157,7 @@ def _lse_block_logits_fwd_kernel(
 def lse_block_logits_fwd(q_lse_mean: torch.Tensor, q_lse_var: Optional[torch.Tensor], k: torch.Tensor, *,
                          block_n: int, block_q: Optional[int] = None, per_program: Optional[int] = None,
                          num_warps: int = 4, num_stages: Optional[int] = None) -> torch.Tensor:
-    """Fused `predictors.naive_lse_block_logits`: ``[B, H, NQ, NK]`` fp32 without the ``[NQ, Sk]`` score matrix.
+    """Fused `naive.naive_lse_block_logits`: ``[B, H, NQ, NK]`` fp32 without the ``[NQ, Sk]`` score matrix.
 
     Args:
         q_lse_mean, q_lse_var: ``[B, H, NQ, D]`` contiguous in k's dtype, ``q̄ · scale`` and ``½ w scale² σ²`` per
@@ -204,7 +210,7 @@ def select_blocks_fwd(
     sim_threshold: Optional[float],
     keep_ranges: Sequence[Tuple[int, int]] = (),
     block_logits: Optional[torch.Tensor] = None,
-    drop_mass: Optional[float] = None,
+    drop_mass: Union[None, float, torch.Tensor] = None,
     num_warps: Optional[int] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Kept key blocks per query block.
@@ -215,8 +221,9 @@ def select_blocks_fwd(
         q_sims, k_sims: fp32 ``[B, H, NQ]``, ``[B, H, NK]`` block self-similarities (used with θ).
         block_logits: fp32 ``[B, H, NQ, NK]`` finished block log-masses (`quantize.prepare_fwd` with
             ``stats="lse"``); their softmax runs over all blocks, forced ones included.
-        drop_mass: δ, with ``block_logits`` and ``topk=None``: drop the least massive non-forced blocks while their
-            mass stays <= δ (`predictors.select_by_drop_mass`).
+        drop_mass: δ with ``topk=None``: drop the least massive non-forced blocks while their mass (softmax over all
+            blocks) stays <= δ (`selection.select_by_drop_mass`); a number, or fp32 ``[B, H]`` per-head drop masses
+            (the error budget). With pooled scores and ``drop_mass`` the drop rule runs over the pooled softmax.
     Returns:
         lut: int32 ``[B, H, NQ, NK]`` (kept indices ascending, then unspecified); counts: int32 ``[B, H, NQ]``.
     """
@@ -236,18 +243,24 @@ def select_blocks_fwd(
         logits = dummy
     else:
         logits = torch.matmul(q_means, k_means.transpose(-1, -2)) if pooled else block_logits
-    mode = 0 if topk is not None else (1 if pooled else 2)
+    mode = MODE_TOPK if topk is not None else (MODE_DROP_MASS if drop_mass is not None else MODE_CDF)
+    per_head = isinstance(drop_mass, torch.Tensor)
     topk_count = min(nk, max(1, int(topk * nk + 0.5))) if topk is not None else 0
-    threshold = drop_mass if mode == 2 else (1.0 if cdf_threshold is None else float(cdf_threshold))
+    if mode == MODE_DROP_MASS:
+        threshold = 0.0 if per_head else float(drop_mass)
+    else:
+        threshold = 1.0 if cdf_threshold is None else float(cdf_threshold)
+    drop = drop_mass.float().reshape(b * h).contiguous() if per_head else dummy
     use_sim = sim_threshold is not None and pooled
     _select_blocks_fwd_kernel[(nq, b * h)](
         logits, q_means if pool_in_kernel else dummy, k_means if pool_in_kernel else dummy,
         q_sims if use_sim else dummy, k_sims if use_sim else dummy,
         forced_blocks(keep_ranges, seq_len_q, block_m, device),
         forced_blocks(keep_ranges, seq_len_k, block_n, device),
-        lut, counts, nq, nk, seq_len_k, scale,
+        lut, counts, drop, nq, nk, seq_len_k, scale,
         -2.0 if sim_threshold is None else float(sim_threshold), topk_count, float(threshold),
         BLOCK_N=block_n, NK_PAD=nk_pad, MODE=mode, USE_SIM=use_sim, POOLED=pooled, POOL_IN_KERNEL=pool_in_kernel, D=d,
+        PER_HEAD_DROP=per_head,
         num_warps=num_warps or (1 if nk_pad <= 512 else (4 if nk_pad <= 1024 else 8)),
     )
     return lut, counts

@@ -6,7 +6,7 @@ dequantization factor per tile (per-block scales, SageAttention arXiv 2410.02367
 (FlashAttention-2, arXiv 2307.08691); P·V runs in FP8 e4m3 with P scaled by 448 and a per-channel V scale
 (SageAttention2, arXiv 2411.10958), in FP16, or in the input dtype. With λ, a tile whose row maxima all lie more than
 -λ below the running maxima is skipped (SpargeAttn, arXiv 2502.18137, Sec. 3.4). Ground truth:
-`reference.naive_block_sparse_attention`.
+`naive.naive_block_sparse_attention`.
 """
 
 from __future__ import annotations

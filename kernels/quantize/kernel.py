@@ -15,9 +15,9 @@ launch 2 reduces those records to the per-(batch, head) K shift and V scale (a f
 depend on scheduling); launch 3 (one program per key block) quantizes K and V; with "lse" a fourth launch scores
 the key blocks against the query-block operands. Papers: INT8 per block with K smoothing after SageAttention
 (arXiv 2410.02367); FP8 V with a per-channel scale after SageAttention2 (arXiv 2411.10958); block means and
-self-similarity after SpargeAttn (arXiv 2502.18137, Sec. 3.2). Ground truth: `reference.naive_quantize_int8`,
-`reference.naive_block_mean`, `reference.naive_block_self_similarity`, `reference.naive_quantize_v_fp8`,
-`predictors.naive_lse_block_logits`.
+self-similarity after SpargeAttn (arXiv 2502.18137, Sec. 3.2). Ground truth: `naive.naive_quantize_int8`,
+`naive.naive_quantize_v_fp8`, `predict.naive.naive_block_mean`, `predict.naive.naive_block_self_similarity`,
+`predict.naive.naive_lse_block_logits`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .predict import lse_block_logits_fwd
+from ..predict.kernel import lse_block_logits_fwd
 
 FP8_E4M3_MAX = 448.0
 STATS = ("none", "pooled", "lse")
