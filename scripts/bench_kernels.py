@@ -169,7 +169,7 @@ def run_ours(bench: Bench, name: str, shape, q, k, v, oracle, cudnn_ms, sparsiti
     for predictor in ("sparge", "lse"):
         for topk in topks:
             config = SpargeConfig(topk=topk, sim_threshold=None, predictor=predictor, check_finite=False,
-                                  block_m=bm, block_n=bn)
+                                  speed_rule="sparse", block_m=bm, block_n=bn)
             out, stats = sparge_attn(q, k, v, config=config, return_stats=True)
             ms = timed(lambda: sparge_attn(q, k, v, config=config))
             label = f"{predictor} topk={topk}"
@@ -180,7 +180,7 @@ def run_ours(bench: Bench, name: str, shape, q, k, v, oracle, cudnn_ms, sparsiti
             add(name, shape, "whole-call", f"{label} (CUDA graph)", ms, precision="int8-fp8",
                       sparsity=1 - topk, measured=stats.mean_sparsity, cudnn_ms=cudnn_ms,
                       note="same call replayed from a CUDA graph")
-    config = SpargeConfig(topk=1.0, predictor="full", check_finite=False, block_m=bm, block_n=bn)
+    config = SpargeConfig(topk=1.0, predictor="full", check_finite=False, block_m=bm, block_n=bn, speed_rule="sparse")
     out = sparge_attn(q, k, v, config=config)
     add(name, shape, "whole-call", "sparge full (quantized dense)", timed(lambda: sparge_attn(q, k, v, config=config)),
               precision="int8-fp8", measured=0.0, cudnn_ms=cudnn_ms, out=out, oracle=oracle)

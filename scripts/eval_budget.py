@@ -62,6 +62,17 @@ def inputs(args):
             yield "trained", f"layer{rec['layer']}/step{rec['step']}", geo, q, k, v, text
 
 
+def frame_keys(args):
+    """The `video_inputs.load_clip` arguments the clip-based families need for these geometries and seeds."""
+    keys = set()
+    for name in args.geometries:
+        t, h, w = F.scaled_geometry(name, args.scale_grid).grid3
+        for seed in args.seeds:
+            clip = "bikes" if seed % 2 == 0 else "bigbuckbunny"
+            keys.add((clip, t, video_inputs.PATCH * h, video_inputs.PATCH * w, seed % 7))
+    return sorted(keys)
+
+
 def ordered(q, k, v, geo, order):
     """The inputs are built with row-major visual tokens (captured ones already in the model's order)."""
     if order == "rowmajor" or geo.name.startswith("trained"):
@@ -132,15 +143,10 @@ def main(argv=None) -> int:
     if args.frame_cache:
         video_inputs.use_frame_cache(torch.load(args.frame_cache))
     if args.write_frame_cache:
-        recorder = {}
-        original = video_inputs.load_clip
-
-        def recording(name, num_frames, height, width, start=0):
-            out = original(name, num_frames, height, width, start)
-            recorder[(name, num_frames, height, width, start)] = (out * 255.0).round().to(torch.uint8)
-            return out
-
-        video_inputs.load_clip = recording
+        cache = dict(video_inputs.frame_cache_entry(*key) for key in frame_keys(args))
+        torch.save(cache, args.write_frame_cache)
+        print(f"wrote {len(cache)} clip frame sets to {args.write_frame_cache}")
+        return 0
     rows = []
     t0 = time.time()
     for family, style, geo, q0, k0, v0, keep in inputs(args):
@@ -165,8 +171,6 @@ def main(argv=None) -> int:
                                  oracle_at_eps="", oracle_at_actual="", tuning=tuning))
             print(f"[{time.time() - t0:7.1f}s] {family:13s} {style:14s} {geo.name:10s} {order:8s} S={q.shape[2]}",
                   flush=True)
-    if args.write_frame_cache:
-        torch.save(recorder, args.write_frame_cache)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS)

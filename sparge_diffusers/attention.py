@@ -20,6 +20,7 @@ from ._logging import log_once
 from .block_map import BlockMap, block_mask_from_lut
 from .budget_guard import BudgetGuard
 from .config import PRECISION_ERROR_FLOOR, SpargeConfig, _check_ranges
+from .speed_rule import should_go_dense
 from .kernels import reference
 
 logger = logging.getLogger(__name__)
@@ -228,6 +229,8 @@ def _choose_backend(q: torch.Tensor, k: torch.Tensor, config: SpargeConfig) -> s
     if k.shape[-2] < config.dense_below_seq_len:
         return "dense"
     if config.is_dense and config.precision == "bf16":
+        return "dense"
+    if q.is_cuda and should_go_dense(q, k, config):
         return "dense"
     if q.is_cuda:
         from .kernels.dispatch import triton_unavailable_reason

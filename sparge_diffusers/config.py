@@ -90,6 +90,9 @@ class SpargeConfig:
         dense_steps: the first N denoising steps use dense attention (integration only).
         dense_layers: indices of attention layers that always use dense attention (integration only).
         check_finite: raise ValueError on NaN/inf inputs (one device sync per call; skipped under torch.compile).
+        speed_rule: ``"auto"``: CUDA calls where the measured crossover says the sparse path cannot beat cuDNN SDPA
+            (short sequences, low top-k sparsity, padded head dims) use dense SDPA (`sparge_diffusers.speed_rule`);
+            ``"sparse"``: always the sparse path.
     """
 
     topk: Optional[float] = None
@@ -109,6 +112,7 @@ class SpargeConfig:
     check_finite: bool = True
     target_error: Optional[float] = 0.05  # last, so that positional arguments keep their meaning
     calibration: Optional[str] = None
+    speed_rule: str = "auto"
 
     def __post_init__(self) -> None:
         if self.target_error is not None and not (
@@ -135,6 +139,7 @@ class SpargeConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("reorder", self.reorder, REORDERS)
         _check_choice("head_dim_fallback", self.head_dim_fallback, HEAD_DIM_FALLBACKS)
+        _check_choice("speed_rule", self.speed_rule, ("auto", "sparse"))
         _check_choice("block_m", self.block_m, BLOCK_SIZES)
         _check_choice("block_n", self.block_n, BLOCK_SIZES)
         object.__setattr__(self, "keep_token_ranges", _check_ranges("keep_token_ranges", self.keep_token_ranges))

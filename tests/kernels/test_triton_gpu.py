@@ -49,7 +49,7 @@ def test_fused_call_matches_reference(seq_len, head_dim, precision, block_n):
 def test_full_mask_accuracy_against_oracle(seq_len, head_dim, precision):
     q, k, v = qkv(1, 2, seq_len, head_dim)
     oracle = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
-    out = sparge_attn(q, k, v, config=SpargeConfig(predictor="full", precision=precision))
+    out = sparge_attn(q, k, v, config=SpargeConfig(predictor="full", precision=precision, speed_rule="sparse"))
     error = ref.relative_l1(out, oracle)
     if precision == "bf16":
         torch_error = ref.relative_l1(torch.nn.functional.scaled_dot_product_attention(q, k, v), oracle)
@@ -79,10 +79,10 @@ def test_given_mask_kernel_matches_masked_sdpa(sparsity):
 
 def test_public_call_uses_triton_and_reports_sparsity():
     q, k, v = qkv(2, 4, 4608, 128)
-    out, stats = sparge_attn(q, k, v, config=SpargeConfig(topk=0.5, sim_threshold=None), return_stats=True)
+    out, stats = sparge_attn(q, k, v, config=SpargeConfig(topk=0.5, sim_threshold=None, speed_rule="sparse"), return_stats=True)
     assert stats.backend == "triton" and abs(stats.mean_sparsity - 0.5) < 1 / 72 + 1e-6
     assert out.shape == q.shape and out.dtype == q.dtype and torch.isfinite(out).all()
-    bshd = sparge_attn(*(x.transpose(1, 2) for x in (q, k, v)), config=SpargeConfig(topk=0.5, sim_threshold=None),
+    bshd = sparge_attn(*(x.transpose(1, 2) for x in (q, k, v)), config=SpargeConfig(topk=0.5, sim_threshold=None, speed_rule="sparse"),
                        layout="BSHD")
     torch.testing.assert_close(bshd.transpose(1, 2), out)
 
@@ -90,14 +90,14 @@ def test_public_call_uses_triton_and_reports_sparsity():
 @pytest.mark.parametrize("head_dim", [40, 80, 96])
 def test_odd_head_dims_are_padded(head_dim):
     q, k, v = qkv(1, 2, 1000, head_dim)
-    out = sparge_attn(q, k, v, config=SpargeConfig(predictor="full", precision="int8-fp16"))
+    out = sparge_attn(q, k, v, config=SpargeConfig(predictor="full", precision="int8-fp16", speed_rule="sparse"))
     oracle = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
     assert out.shape == q.shape and ref.relative_l1(out, oracle) < ORACLE_RELL1["int8-fp16"]
 
 
 def test_torch_compile_traces_the_custom_op():
     q, k, v = qkv(1, 2, 2000, 64)
-    config = SpargeConfig(topk=0.5, sim_threshold=None, check_finite=False)
+    config = SpargeConfig(topk=0.5, sim_threshold=None, check_finite=False, speed_rule="sparse")
 
     def attend(q, k, v):
         return sparge_attn(q * 1.0, k, v, config=config) + 1.0
@@ -181,3 +181,26 @@ def test_int8_score_conversions_at_length(head_dim, int_magic):
     expected = ref.naive_block_sparse_attention(q, k, v, mask, block_m=128, block_n=128, scale=scale,
                                                 precision="int8-fp16")
     assert ref.relative_l1(out, expected) < EMULATION_RELL1["int8-fp16"]
+
+
+@pytest.mark.parametrize("geometry", ["cogvideox", "flux"])
+@pytest.mark.parametrize("predictor", ["lse", "sparge"])
+def test_budget_holds_through_the_fused_call(geometry, predictor):
+    """Full-geometry video-like inputs: the kernel's own selection meets ε (exact fp32 error of its block mask),
+    and the whole call (with quantization) stays within ε plus the precision's floor."""
+    from sparge_diffusers import attention_families as F
+    from sparge_diffusers.kernels import evaluation as E
+
+    geo = F.scaled_geometry(geometry)
+    q, k, v = F.family_qkv("clip", geo, heads=[0, 9, 17], seed=1, style="broad", device="cuda",
+                           dtype=torch.bfloat16)
+    for eps in (0.02, 0.05, 0.1):
+        config = SpargeConfig(target_error=eps, predictor=predictor, precision="int8-fp16",
+                              keep_token_ranges=[geo.text_range], check_finite=False, speed_rule="sparse")
+        out, stats = sparge_attn(q, k, v, config=config, return_stats=True)
+        assert stats.backend == "triton" and torch.isfinite(stats.drop_mass).all()
+        mask = stats.block_map.to_dense()
+        selection_error = E.masked_attention_rel_l1(q.float(), k.float(), v.float(), mask, block_m=128, block_n=128)
+        assert selection_error <= 1.2 * eps, (eps, selection_error)
+        total = ref.relative_l1(out, ref.naive_attention(q, k, v))
+        assert total <= 1.2 * eps + ORACLE_RELL1["int8-fp16"], (eps, total)

@@ -1,0 +1,93 @@
+"""Never slower than stock: calls where the sparse path cannot beat dense cuDNN attention go dense.
+
+The whole sparse call (prediction, quantization, kernel, Python launch cost in eager mode) beats cuDNN SDPA only
+above some sequence length and sparsity. Those crossovers were measured per GPU class (`scripts/bench_crossover.py`)
+and are committed as small tables (``sparge_diffusers/crossover/sm90.json``: for each head dim, the least sparsity at
+which the eager sparse call was faster, per measured length). With ``SpargeConfig(speed_rule="auto")`` (the default)
+a CUDA call goes to dense SDPA when
+
+- its key length is below the shortest measured length, or at a length where no measured sparsity won;
+- its sparsity is known before prediction (top-k: ``1 − topk``) and below the crossover at that length;
+- its head dim is padded (e.g. 96 → 128) and the sparsity does not pay for the padding as well.
+
+For rules whose sparsity is known only after prediction (τ, ε), only the length test applies. The eager table is
+conservative under ``torch.compile``, where launch cost is lower. ``speed_rule="sparse"`` always runs the sparse
+path (benchmarks and tests do).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from ._logging import log_once
+
+logger = logging.getLogger(__name__)
+
+SPEED_RULES = ("auto", "sparse")
+_TABLE_DIR = os.path.join(os.path.dirname(__file__), "crossover")
+
+
+@functools.lru_cache(maxsize=8)
+def crossover_table(capability: str) -> Optional[Dict[int, List[Tuple[int, Optional[float]]]]]:
+    """``{head_dim: [(seq_len, least winning sparsity or None), ...]}`` measured on a GPU class (``"sm90"``), or None
+    when no table was measured for it."""
+    path = os.path.join(_TABLE_DIR, f"{capability}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        data = json.load(handle)
+    return {int(d): sorted((int(s), None if w is None else float(w)) for s, w in entries)
+            for d, entries in data["min_sparsity"].items()}
+
+
+def _table_for(device: torch.device):
+    major, minor = torch.cuda.get_device_capability(device)
+    table = crossover_table(f"sm{major}{minor}")
+    if table is None:
+        table = crossover_table("sm90")
+        log_once(logger, f"crossover:sm{major}{minor}", "speed_rule: no crossover table for sm%d%d; using the sm90 "
+                 "(H100/H200) table", major, minor, level=logging.INFO)
+    return table
+
+
+def least_winning_sparsity(table, head_dim: int, seq_len: int) -> Optional[float]:
+    """The crossover sparsity for a call: that of the longest measured length ``<= seq_len`` (None: cannot win)."""
+    kernel_dim = 64 if head_dim <= 64 else 128
+    entries = table.get(kernel_dim, [])
+    below = [w for s, w in entries if s <= seq_len]
+    if not below:
+        return None
+    winning = below[-1]
+    if winning is not None and head_dim < kernel_dim:
+        # padding costs kernel_dim / head_dim more work than dense at the true head dim: the kept share must
+        # shrink by that factor too
+        winning = 1.0 - (1.0 - winning) * head_dim / kernel_dim
+    return winning
+
+
+def sparse_can_win(table, head_dim: int, seq_len: int, expected_sparsity: Optional[float]) -> bool:
+    winning = least_winning_sparsity(table, head_dim, seq_len)
+    if winning is None:
+        return False
+    return expected_sparsity is None or expected_sparsity >= winning
+
+
+def should_go_dense(q: torch.Tensor, k: torch.Tensor, config) -> bool:
+    """True when the measured crossover says dense cuDNN attention is faster for this call (CUDA only)."""
+    if config.speed_rule != "auto" or not q.is_cuda:
+        return False
+    table = _table_for(q.device)
+    if table is None:
+        return False
+    selection = config.selection
+    expected = 1.0 - selection.value if selection.rule == "topk" else None
+    return not sparse_can_win(table, q.shape[-1], k.shape[-2], expected)
+
+
+__all__ = ["SPEED_RULES", "crossover_table", "least_winning_sparsity", "should_go_dense", "sparse_can_win"]
