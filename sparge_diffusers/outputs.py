@@ -143,8 +143,8 @@ def write_render(target, result, sidecar: dict, *, fps: float, dense=None) -> di
             fmt = sidecar["media"]["format"]
             encoded = None
             if fmt in LOSSY_FORMATS:
-                encoded = {**_fidelity(read_media(target, sidecar=sidecar), read_media(reference, sidecar=dense_sidecar)),
-                           "format": fmt}
+                files = read_media(target, sidecar=sidecar), read_media(reference, sidecar=dense_sidecar)
+                encoded = {**_fidelity(*files), "format": fmt}
             sidecar["dense"] = {
                 "path": str(reference), "render_s": dense.seconds,
                 "speedup": dense.seconds / result.seconds if result.seconds > 0 else None,

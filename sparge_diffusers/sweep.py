@@ -555,13 +555,19 @@ def write_report(path: Path, summary: Sequence[dict], rows: Sequence[dict], meta
     from .models import EMBEDDED_MODELS, TINY_STEPS
 
     model = meta.get("model", "?")
-    steps = settings.get("steps") or (f"{TINY_STEPS} (tiny default)" if model in EMBEDDED_MODELS else "pipeline default")
+    steps = settings.get("steps") or (f"{TINY_STEPS} (tiny default)" if model in EMBEDDED_MODELS
+                                      else "pipeline default")
     first = rows[0]
     lines.append(f"- model: `{model}`, dtype {meta.get('dtype', '?')}; {steps} steps; rendered "
                  f"{first.get('frames')} frame(s) of {first.get('height')}×{first.get('width')}")
     lines.append(f"- {len(prompts)} prompt(s) × {len(seeds)} seed(s) ({', '.join(seeds)}), "
                  f"{len(summary) - 1} sparse config(s), {len(rows)} render(s); attention backends: "
                  f"{', '.join(backends) or 'dense only'}")
+    scoring = meta.get("metrics") or {}
+    if scoring.get("clip_model") or scoring.get("vqa_model"):
+        clip, vqa = scoring.get("clip_model") or "–", scoring.get("vqa_model") or "–"
+        frames = f" ({scoring['vqa_frames']} frames per video)" if scoring.get("vqa_frames") else ""
+        lines.append(f"- metric models: CLIP `{clip}`, VQA `{vqa}`{frames}")
     written = datetime.now(timezone.utc).isoformat(timespec="seconds")
     lines.append(f"- written {written}; rows: [`{RESULTS}`]({RESULTS})")
     if "reference" in backends:

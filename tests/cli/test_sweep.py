@@ -162,6 +162,7 @@ def test_sweep_refuses_other_metric_models(cli, fast, tmp_path, tiny_clip_dir, l
     assert list_files(out) == before
     code, stdout, err = cli(*base, "--clip-model", tiny_clip_dir)  # the same models resume
     assert code == 0 and "0 render(s), 2 already done" in stdout, err
+    assert f"CLIP `{tiny_clip_dir.resolve()}`" in (out / "report.md").read_text()
 
 
 def test_plot_one_style_per_config_in_every_panel():
