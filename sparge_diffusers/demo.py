@@ -9,6 +9,7 @@ import torch
 
 from .attention import sparge_attn
 from .config import SpargeConfig
+from .errors import UsageError
 from .kernels.reference import cosine_similarity, naive_attention, relative_l1
 from .video_inputs import video_like_qkv
 
@@ -16,13 +17,15 @@ from .video_inputs import video_like_qkv
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="dense vs sparse attention on a video-like input (no weights)")
     parser.add_argument("--grid", type=int, nargs=3, default=(4, 16, 24), metavar=("T", "H", "W"),
-                        help="latent grid in tokens (default: 4 16 24)")
-    parser.add_argument("--heads", type=int, default=4)
+                        help="latent grid in tokens, each >= 1 (default: 4 16 24)")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads, >= 1 (default: 4)")
     parser.add_argument("--head-dim", type=int, default=64, choices=(64, 128))
-    parser.add_argument("--text-tokens", type=int, default=64)
-    parser.add_argument("--topk", type=float, nargs="+", default=(0.7, 0.5, 0.3))
+    parser.add_argument("--text-tokens", type=int, default=64, help="text tokens before the video, >= 0 (default: 64)")
+    parser.add_argument("--topk", type=float, nargs="+", default=(0.7, 0.5, 0.3),
+                        help="fractions of key blocks kept, each in (0, 1] (default: 0.7 0.5 0.3)")
     parser.add_argument("--precision", default="int8-fp8", choices=("int8-fp8", "int8-fp16", "bf16"))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device (default: cuda when available, else cpu)")
     parser.set_defaults(run=run)
 
 
@@ -38,7 +41,32 @@ def _timed(fn):
     return result, (time.perf_counter() - start) * 1e3
 
 
+MAX_ORACLE_BYTES = 8 << 30  # the fp32 oracle materialises [heads, S, S] scores
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """One-line `UsageError` (naming the flag and what is allowed) for a demo that cannot run."""
+    from .models import check_device
+
+    if any(n < 1 for n in args.grid):
+        raise UsageError(f"--grid takes three sizes T H W, each >= 1, got {' '.join(map(str, args.grid))}")
+    if args.heads < 1:
+        raise UsageError(f"--heads must be >= 1, got {args.heads}")
+    if args.text_tokens < 0:
+        raise UsageError(f"--text-tokens must be >= 0, got {args.text_tokens}")
+    bad = [k for k in args.topk if not 0.0 < k <= 1.0]
+    if bad:
+        raise UsageError(f"--topk values must be in (0, 1], got {', '.join(f'{k:g}' for k in bad)}")
+    check_device(args.device)
+    tokens = args.text_tokens + args.grid[0] * args.grid[1] * args.grid[2]
+    need = args.heads * tokens * tokens * 4
+    if need > MAX_ORACLE_BYTES:
+        raise UsageError(f"--grid {' '.join(map(str, args.grid))}: {tokens} tokens need {need / (1 << 30):.0f} GiB "
+                         f"for the dense oracle; keep heads × tokens² × 4 bytes under {MAX_ORACLE_BYTES >> 30} GiB")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_args(args)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float16
     q, k, v = video_like_qkv(tuple(args.grid), args.heads, args.head_dim, text_tokens=args.text_tokens,
                              dtype=dtype, device=args.device)

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -111,6 +112,15 @@ class Evaluator:
             notes.append(f"VQA score skipped: pass --vqa-model PATH or set {VQA_ENV}")
         return cls(clip=clip, vqa=vqa, metrics=tuple(metrics), vqa_frames=vqa_frames, notes=notes)
 
+    def describe(self) -> dict:
+        """What decides the scores: the metrics, the metric model folders (resolved paths) and the VQA frames
+        (a sweep records it with its settings and refuses a resumed run that would score with other models)."""
+        def folder(model):
+            return None if model is None else str(Path(getattr(model, "path", "") or "?").resolve())
+
+        return {"metrics": list(self.metrics), "clip_model": folder(self.clip), "vqa_model": folder(self.vqa),
+                "vqa_frames": self.vqa_frames if "vqa" in self.metrics else None}
+
     @property
     def alignment_metrics(self) -> tuple:
         return tuple(m for m in self.metrics if m in ALIGNMENT_METRICS)
@@ -199,8 +209,40 @@ def _format(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def evaluate_file(path: str, evaluator: Evaluator, *, prompt: Optional[str] = None,
+                  reference: Optional[str] = None, require_fidelity: bool = False) -> Dict[str, object]:
+    """The metrics of one media file (prompt and reference default to its sidecar's).
+
+    Raises:
+        UsageError: the file cannot be read, it has no prompt while alignment metrics are asked, it has no
+            reference while fidelity metrics were named, or the reference does not match it.
+    """
+    sidecar = _read_sidecar(path)
+    frames = read_media(path, sidecar=sidecar or None)
+    prompt = prompt or sidecar.get("prompt")
+    row: Dict[str, object] = {"file": path, "prompt": prompt, "frames": int(frames.shape[0])}
+    if evaluator.alignment_metrics:
+        if prompt is None:
+            raise UsageError(f"{path}: no prompt (pass --prompt; the file has no sidecar with one)")
+        row.update(evaluator.alignment(frames, prompt))
+    reference_path = reference or _sidecar_reference(path, sidecar)
+    if evaluator.fidelity_metrics:
+        if reference_path:
+            # frames_hint: a contact sheet without a sidecar holds as many frames as the file it is compared with
+            reference_frames = read_media(reference_path, frames_hint=int(frames.shape[0]))
+            row["reference"] = reference_path
+            row.update(evaluator.fidelity(frames, reference_frames))
+        elif require_fidelity:
+            raise UsageError(f"{path}: fidelity metrics need a dense reference: pass --reference FILE")
+    return row
+
+
 def run(args: argparse.Namespace) -> int:
-    from .generate import quiet_libraries
+    """Evaluate every file; a file that fails is reported (one line on stderr) and the others are still
+    evaluated. Exit status 1 when any file failed, 2 for bad arguments (nothing evaluated)."""
+    import sys
+
+    from .arguments import quiet_libraries
     from .media import check_writable
 
     quiet_libraries(getattr(args, "verbose", False))
@@ -215,29 +257,23 @@ def run(args: argparse.Namespace) -> int:
                                  device=args.device, vqa_frames=args.vqa_frames)
     for note in evaluator.notes:
         print(note)
-    results = []
+    results, failures = [], []
     for path in args.media:
-        sidecar = _read_sidecar(path)
-        frames = read_media(path, sidecar=sidecar or None)
-        prompt = args.prompt or sidecar.get("prompt")
-        row: Dict[str, object] = {"file": path, "prompt": prompt, "frames": int(frames.shape[0])}
-        if evaluator.alignment_metrics:
-            if prompt is None:
-                raise UsageError(f"{path}: no prompt (pass --prompt; the file has no sidecar with one)")
-            row.update(evaluator.alignment(frames, prompt))
-        reference_path = args.reference or _sidecar_reference(path, sidecar)
-        if evaluator.fidelity_metrics:
-            if reference_path:
-                reference = read_media(reference_path)
-                row["reference"] = reference_path
-                row.update(evaluator.fidelity(frames, reference))
-            elif parse_metrics(args.metrics) is not None:
-                raise UsageError(f"{path}: fidelity metrics need a dense reference: pass --reference FILE")
-        results.append(row)
+        try:
+            results.append(evaluate_file(path, evaluator, prompt=args.prompt, reference=args.reference,
+                                         require_fidelity=parse_metrics(args.metrics) is not None))
+        except UsageError as error:
+            message = " ".join(str(error).split())
+            failures.append({"file": path, "error": message})
+            print(f"sparge-diffusers eval: error: {message}", file=sys.stderr)
     columns = [m for m in METRICS if any(m in row for row in results)]
-    print("  ".join([f"{'file':<40}"] + [f"{c:>10}" for c in columns]))
+    if results:
+        print("  ".join([f"{'file':<40}"] + [f"{c:>10}" for c in columns]))
     for row in results:
         print("  ".join([f"{str(row['file'])[-40:]:<40}"] + [f"{_format(row.get(c)):>10}" for c in columns]))
+    if failures:
+        print(f"{len(failures)} of {len(args.media)} file(s) failed; {len(results)} evaluated", file=sys.stderr)
     if args.json:
-        write_json(args.json, {"results": results, "metrics": list(evaluator.metrics), "notes": evaluator.notes})
-    return 0
+        write_json(args.json, {"results": results, "failures": failures, "metrics": list(evaluator.metrics),
+                               "notes": evaluator.notes})
+    return 1 if failures else 0

@@ -31,6 +31,7 @@ from .errors import UsageError
 logger = logging.getLogger(__name__)
 
 FORMATS = ("mp4", "gif", "png")
+LOSSY_FORMATS = ("mp4", "gif")  # H.264 yuv420p; a 256-colour palette. png is lossless.
 SHEET_COLUMNS = 8
 PathLike = Union[str, os.PathLike]
 
@@ -246,10 +247,12 @@ def _write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
 # reading
 
 
-def read_media(path: PathLike, *, sidecar: Optional[dict] = None) -> np.ndarray:
+def read_media(path: PathLike, *, sidecar: Optional[dict] = None, frames_hint: Optional[int] = None) -> np.ndarray:
     """Frames ``[T, H, W, 3]`` uint8 from an mp4, gif or png written by `write_media` (or any such file).
 
-    A png contact sheet is split into frames when its sidecar (``sidecar`` or ``<path>.json``) records the layout.
+    A png contact sheet is split into frames when its sidecar (``sidecar`` or ``<path>.json``) records the layout;
+    without one, ``frames_hint`` (the frame count it should hold, e.g. that of the video it is compared with) splits
+    it as `write_media` lays sheets out.
     """
     path = Path(path)
     fmt = media_format(path)
@@ -280,6 +283,11 @@ def read_media(path: PathLike, *, sidecar: Optional[dict] = None) -> np.ndarray:
     media = (sidecar or {}).get("media") or {}
     if fmt == "png" and media.get("sheet_columns") and media.get("frames", 1) > 1:
         frames = split_sheet(frames[0], int(media["frames"]), int(media["sheet_columns"]))
+    elif fmt == "png" and not media and frames_hint and frames_hint > 1 and len(frames) == 1:
+        columns = min(SHEET_COLUMNS, frames_hint)
+        rows = math.ceil(frames_hint / columns)
+        if frames.shape[1] % rows == 0 and frames.shape[2] % columns == 0:
+            frames = split_sheet(frames[0], frames_hint, columns)
     if media.get("height") and media.get("width"):  # undo the even-size padding of mp4
         frames = frames[:, : int(media["height"]), : int(media["width"])]
     return np.ascontiguousarray(frames)

@@ -196,7 +196,7 @@ class SweepPaths:
         return self.root / "dense" / f"{digest}.npz"
 
     def media(self, prompt: str, seed: int, label: str) -> Path:
-        from .generate import slugify
+        from .outputs import slugify
 
         return self.root / "media" / f"{slugify(prompt, 40)}-seed{seed}-{slugify(label, 80)}.mp4"
 
@@ -235,7 +235,7 @@ def _render_row(prompt: str, seed: int, label: str, config: Optional[SpargeConfi
 
 
 def run_sweep(prompts: Sequence[str], configs: Sequence[SpargeConfig], out_dir, *, seeds: Sequence[int] = (0,),
-              model: str = "tiny", settings=None, device: str = "cpu", dtype=None,
+              model: Optional[str] = None, settings=None, device: str = "cpu", dtype=None,
               evaluator: Optional[Evaluator] = None,
               warmup: bool = True, save_media: bool = False, progress: bool = True, env: Optional[dict] = None,
               merge_timeout: float = 3600.0) -> dict:
@@ -243,8 +243,10 @@ def run_sweep(prompts: Sequence[str], configs: Sequence[SpargeConfig], out_dir, 
     ranks other than 0). See the module docstring for the files written."""
     import torch
 
-    from .generate import RenderSettings, load_model, render
+    from .models import default_model, load_model
+    from .rendering import RenderSettings, render
 
+    model = model or default_model()
     settings = settings or RenderSettings()
     dtype = dtype or torch.float32
     evaluator = evaluator or Evaluator()
@@ -253,7 +255,7 @@ def run_sweep(prompts: Sequence[str], configs: Sequence[SpargeConfig], out_dir, 
         device = f"cuda:{local_rank}"
     paths = SweepPaths(Path(out_dir), rank, world)
     check_writable_dir(paths.root)
-    _check_meta(paths.root / META, sweep_meta(model, settings, dtype), write=True)
+    _check_meta(paths.root / META, sweep_meta(model, settings, dtype, evaluator), write=True)
 
     own = read_rows(paths.shard)  # the results CSV itself when there is one rank
     done = {row_key(r): r for r in merge_rows(read_rows(paths.results), own)}
@@ -285,7 +287,7 @@ def run_sweep(prompts: Sequence[str], configs: Sequence[SpargeConfig], out_dir, 
             bar.update(1)
             return rows
         for (prompt, seed), pair_labels in by_pair.items():
-            run_settings = RenderSettings(**{**settings.to_dict(), "seed": seed})
+            run_settings = settings.with_seed(seed)
             dense_row = done.get((prompt, str(seed), DENSE_LABEL))
             dense_path = paths.dense_frames(prompt, seed)
             dense_frames = _load_frames(dense_path) if dense_path.is_file() else None
@@ -317,9 +319,12 @@ def run_sweep(prompts: Sequence[str], configs: Sequence[SpargeConfig], out_dir, 
     return out
 
 
-def sweep_meta(model: str, settings, dtype) -> dict:
-    """What must not change between the runs that fill one out folder."""
-    return {"model": model, "settings": settings.to_dict(), "dtype": str(dtype).replace("torch.", "")}
+def sweep_meta(model: str, settings, dtype, evaluator: Optional[Evaluator] = None) -> dict:
+    """What must not change between the runs that fill one out folder: the model, the call settings, and the
+    metric models that score the rows (two CLIP models' scores in one column would not compare)."""
+    evaluator = evaluator or Evaluator()
+    return {"model": model, "settings": settings.to_dict(), "dtype": str(dtype).replace("torch.", ""),
+            "metrics": evaluator.describe()}
 
 
 def _check_meta(path: Path, meta: dict, *, write: bool) -> None:
@@ -337,10 +342,25 @@ def _check_meta(path: Path, meta: dict, *, write: bool) -> None:
         write_json(path, meta)
 
 
+_FLAGS = {"clip_model": "--clip-model", "vqa_model": "--vqa-model", "vqa_frames": "--vqa-frames",
+          "metrics": "--metrics", "model": "--model", "steps": "--steps", "height": "--height", "width": "--width",
+          "frames": "--frames", "guidance_scale": "--guidance-scale", "dtype": "--dtype"}
+
+
+def _flatten(meta: dict) -> dict:
+    flat = {}
+    for key, value in meta.items():
+        if key in ("settings", "metrics") and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
 def _diff(old: dict, new: dict) -> str:
-    flat_old = {**old.get("settings", {}), **{k: v for k, v in old.items() if k != "settings"}}
-    flat_new = {**new.get("settings", {}), **{k: v for k, v in new.items() if k != "settings"}}
-    changed = [f"{k}: {flat_old.get(k)} -> {flat_new.get(k)}" for k in flat_new if flat_old.get(k) != flat_new.get(k)]
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    changed = [f"{_FLAGS.get(k, k)}: {flat_old.get(k)} -> {flat_new.get(k)}"
+               for k in flat_new if flat_old.get(k) != flat_new.get(k)]
     return ", ".join(changed) or "unreadable"
 
 
@@ -414,47 +434,106 @@ def _present_metrics(summary: Sequence[dict]) -> List[str]:
     return [m for m in METRICS if any(e.get(m) is not None for e in summary)]
 
 
-def plot_quality_vs_speed(summary: Sequence[dict], path: Path) -> Path:
-    """One panel per quality metric: metric (mean over prompts) against speed-up, one labelled point per config."""
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+DENSE_STYLE = {"color": "black", "marker": "*", "size": 140}
+
+
+def config_styles(labels: Sequence[str]) -> Dict[str, dict]:
+    """One style per config, the same in every panel: ``{"color", "marker", "size", "number"}``.
+
+    Sparse config ``n`` (0-based, in ``labels`` order) gets colour ``n mod 10`` of matplotlib's ``tab10`` and
+    marker ``(n + n div 10) mod 10`` of `MARKERS`, so the (colour, marker) pair is unique for up to 100 configs and
+    neighbours differ in both; ``number`` (1-based) labels the point and its legend entry. Dense: a black star.
+    """
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"].colors
+    styles: Dict[str, dict] = {}
+    number = 0
+    for label in labels:
+        if label in styles:
+            continue
+        if label == DENSE_LABEL:
+            styles[label] = dict(DENSE_STYLE, number=0)
+            continue
+        styles[label] = {"color": tuple(palette[number % 10]), "marker": MARKERS[(number + number // 10) % 10],
+                         "size": 46, "number": number + 1}
+        number += 1
+    return styles
+
+
+def quality_figure(summary: Sequence[dict]):
+    """The quality-versus-speed figure: one panel per quality metric (mean over prompts) against the speed-up;
+    each config has one numbered colour + marker in every panel, explained by one legend beside the panels."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     metrics = _present_metrics(summary) or ["sparsity"]
     columns = min(3, len(metrics))
     rows = math.ceil(len(metrics) / columns)
-    figure = Figure(figsize=(5.2 * columns, 4.2 * rows), dpi=110)
+    styles = config_styles([entry["config"] for entry in summary])
+    legend_rows = len(styles)
+    figure = Figure(figsize=(4.6 * columns + 4.4, max(3.9 * rows, 0.9 + 0.19 * legend_rows)), dpi=110,
+                    layout="constrained")
     FigureCanvasAgg(figure)
+    grid = figure.add_gridspec(rows, columns + 1, width_ratios=[1.0] * columns + [0.95])
     for index, metric in enumerate(metrics):
-        axes = figure.add_subplot(rows, columns, index + 1)
-        points = [e for e in summary if e.get(metric) is not None and e.get("speedup") is not None]
-        for number, entry in enumerate(points):
-            value = entry[metric]
+        axes = figure.add_subplot(grid[index // columns, index % columns])
+        for entry in summary:
+            value, speedup = entry.get(metric), entry.get("speedup")
+            if value is None or speedup is None:
+                continue
             capped = metric == "psnr" and math.isinf(value)
-            y = PSNR_PLOT_CAP if capped else value
-            dense = entry["config"] == DENSE_LABEL
-            axes.scatter([entry["speedup"]], [y], marker="*" if dense else "o", s=120 if dense else 40,
-                         color="black" if dense else f"C{number % 10}", zorder=3)
-            text = DENSE_LABEL if dense else _short(entry["config"])
-            if entry.get("sparsity") is not None and not dense:
-                text += f" (s={entry['sparsity']:.2f})"
-            axes.annotate(text + (" [inf]" if capped else ""), (entry["speedup"], y), fontsize=7,
-                          xytext=(4, 4), textcoords="offset points")
+            style = styles[entry["config"]]
+            axes.scatter([speedup], [PSNR_PLOT_CAP if capped else value], color=style["color"],
+                         marker=style["marker"], s=style["size"], edgecolors="black", linewidths=0.4, zorder=3,
+                         label=entry["config"])
+            if style["number"]:
+                axes.annotate(str(style["number"]), (speedup, PSNR_PLOT_CAP if capped else value), fontsize=6,
+                              xytext=(3, 3), textcoords="offset points", color="0.25")
         axes.axvline(1.0, color="grey", linewidth=0.8, linestyle="--")
-        axes.margins(x=0.25, y=0.15)
+        axes.margins(x=0.12, y=0.12)
         axes.set_xlabel("speed-up over dense (×)")
-        axes.set_ylabel(METRIC_LABELS.get(metric, metric))
+        axes.set_ylabel(METRIC_LABELS.get(metric, metric) + (f" (∞ drawn at {PSNR_PLOT_CAP:g})"
+                                                              if metric == "psnr" else ""))
         axes.grid(True, alpha=0.3)
+    legend_axes = figure.add_subplot(grid[:, columns])
+    legend_axes.axis("off")
+    short, common = short_labels([entry["config"] for entry in summary if entry["config"] != DENSE_LABEL])
+    handles, texts = [], []
+    for entry in summary:
+        style = styles[entry["config"]]
+        handles.append(Line2D([], [], linestyle="none", marker=style["marker"], color=style["color"],
+                              markeredgecolor="black", markeredgewidth=0.4, markersize=7 if style["number"] else 10))
+        text = DENSE_LABEL if not style["number"] else f"{style['number']}: {short[entry['config']]}"
+        if entry.get("sparsity") is not None and style["number"]:
+            text += f" (s={entry['sparsity']:.2f})"
+        texts.append(text)
+    title = "config (s = sparsity)" + (f"\nall: {' '.join(common)}" if common else "")
+    legend_axes.legend(handles, texts, loc="upper left", fontsize=7, frameon=False, borderaxespad=0.0,
+                       title=title, title_fontsize=8, alignment="left")
     figure.suptitle("sparge-diffusers: quality versus speed (mean over prompts and seeds)")
-    figure.tight_layout()
+    return figure
+
+
+def plot_quality_vs_speed(summary: Sequence[dict], path: Path) -> Path:
+    """Draw `quality_figure` to ``path`` (png, written atomically)."""
+    figure = quality_figure(summary)
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png")
     return path
 
 
-def _short(label: str) -> str:
-    """The parts of a config label that differ from the defaults, for plot annotations."""
-    defaults = {"sim=0.6", "pv=off", "dense_steps=0", "hilbert", "int8-fp8"}
-    return " ".join(part for part in label.split() if part not in defaults)
+def short_labels(labels: Sequence[str]) -> Tuple[Dict[str, str], List[str]]:
+    """Legend labels: each config label without the parts every config shares; returns ``(short, shared)``."""
+    parts = [label.split() for label in labels]
+    shared = [p for p in parts[0] if all(p in other for other in parts)] if len(parts) > 1 else []
+    short = {}
+    for label, words in zip(labels, parts):
+        kept = [w for w in words if w not in shared]
+        short[label] = " ".join(kept) or words[0]
+    return short, shared
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -473,16 +552,22 @@ def write_report(path: Path, summary: Sequence[dict], rows: Sequence[dict], meta
     backends = sorted({b for r in rows for b in str(r.get("backend") or "").split("+") if b})
     lines = ["# sparge-diffusers sweep: quality versus speed", ""]
     settings = meta.get("settings", {})
-    from .generate import EMBEDDED_MODELS, TINY_STEPS
+    from .models import EMBEDDED_MODELS, TINY_STEPS
 
     model = meta.get("model", "?")
-    steps = settings.get("steps") or (f"{TINY_STEPS} (tiny default)" if model in EMBEDDED_MODELS else "pipeline default")
+    steps = settings.get("steps") or (f"{TINY_STEPS} (tiny default)" if model in EMBEDDED_MODELS
+                                      else "pipeline default")
     first = rows[0]
     lines.append(f"- model: `{model}`, dtype {meta.get('dtype', '?')}; {steps} steps; rendered "
                  f"{first.get('frames')} frame(s) of {first.get('height')}×{first.get('width')}")
     lines.append(f"- {len(prompts)} prompt(s) × {len(seeds)} seed(s) ({', '.join(seeds)}), "
                  f"{len(summary) - 1} sparse config(s), {len(rows)} render(s); attention backends: "
                  f"{', '.join(backends) or 'dense only'}")
+    scoring = meta.get("metrics") or {}
+    if scoring.get("clip_model") or scoring.get("vqa_model"):
+        clip, vqa = scoring.get("clip_model") or "–", scoring.get("vqa_model") or "–"
+        frames = f" ({scoring['vqa_frames']} frames per video)" if scoring.get("vqa_frames") else ""
+        lines.append(f"- metric models: CLIP `{clip}`, VQA `{vqa}`{frames}")
     written = datetime.now(timezone.utc).isoformat(timespec="seconds")
     lines.append(f"- written {written}; rows: [`{RESULTS}`]({RESULTS})")
     if "reference" in backends:
@@ -514,7 +599,7 @@ def write_report(path: Path, summary: Sequence[dict], rows: Sequence[dict], meta
 
 
 def add_parser(subparsers) -> None:
-    from .generate import _optional_float, add_block_argument, add_model_arguments
+    from .arguments import add_block_argument, add_model_arguments, optional_float
 
     parser = subparsers.add_parser(
         "sweep", help="quality versus speed over prompts × a grid of sparse configs (CSV, PNG plot, report)",
@@ -528,10 +613,10 @@ def add_parser(subparsers) -> None:
     grid.add_argument("--topk", type=float, nargs="*", default=None, metavar="K",
                       help="top-k fractions (default: 0.7 0.5 0.3 unless --cdf-threshold is given)")
     grid.add_argument("--cdf-threshold", type=float, nargs="*", default=[], metavar="TAU", help="τ values (TopCdf)")
-    grid.add_argument("--sim-threshold", type=_optional_float, nargs="+", default=["auto"], metavar="THETA",
+    grid.add_argument("--sim-threshold", type=optional_float, nargs="+", default=["auto"], metavar="THETA",
                       help=f"θ values, 'none' or 'auto' (default: {SpargeConfig.sim_threshold}, none for the "
                            "embedded tiny models)")
-    grid.add_argument("--pv-threshold", type=_optional_float, nargs="+", default=[None], metavar="LAMBDA",
+    grid.add_argument("--pv-threshold", type=optional_float, nargs="+", default=[None], metavar="LAMBDA",
                       help="λ values (<= 0) or 'none' (default: none)")
     grid.add_argument("--dense-steps", type=int, nargs="+", default=[0], metavar="N")
     grid.add_argument("--reorder", nargs="+", choices=REORDERS, default=["hilbert"])
@@ -576,8 +661,9 @@ def _clear(root: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .generate import (_model_is_video, device_and_dtype, quiet_libraries, resolve_block_n, resolve_sim_threshold,
-                           settings_from_args)
+    from .arguments import (device_and_dtype, model_from_args, quiet_libraries, resolve_block_n,
+                            resolve_sim_threshold, settings_from_args)
+    from .models import model_family
 
     root = check_writable_dir(args.out_dir)
     if args.merge_only:
@@ -586,28 +672,29 @@ def run(args: argparse.Namespace) -> int:
         return 0
     prompts = read_prompts(args)
     quiet_libraries(getattr(args, "verbose", False))
+    model = model_from_args(args)
     topk = args.topk if args.topk is not None else ([] if args.cdf_threshold else [0.7, 0.5, 0.3])
-    sim_thresholds = list(dict.fromkeys(resolve_sim_threshold(v, args.model) for v in args.sim_threshold))
+    sim_thresholds = list(dict.fromkeys(resolve_sim_threshold(v, model) for v in args.sim_threshold))
     configs = expand_grid(topk, args.cdf_threshold, sim_thresholds, args.pv_threshold, args.dense_steps,
-                          args.reorder, args.precision, resolve_block_n(args.block_n, args.model))
+                          args.reorder, args.precision, resolve_block_n(args.block_n, model))
     if any(s < 0 for s in args.dense_steps):
         raise UsageError("--dense-steps values must be >= 0")
-    settings = settings_from_args(args)
+    family = model_family(model)  # validates --model before anything is loaded
+    settings = settings_from_args(args, family=family)
     device, dtype = device_and_dtype(args)
-    _model_is_video(args.model)  # validates --model before anything is loaded
     rank, world, _ = rank_info()
     if args.overwrite and world > 1:
         raise UsageError("--overwrite does not work with several ranks: empty --out-dir before the launch")
-    if not args.overwrite:
-        _check_meta(root / META, sweep_meta(args.model, settings, dtype), write=False)
     evaluator = Evaluator.create(parse_metrics(args.metrics), clip_model=args.clip_model, vqa_model=args.vqa_model,
                                  device=device, vqa_frames=args.vqa_frames)
+    if not args.overwrite:
+        _check_meta(root / META, sweep_meta(model, settings, dtype, evaluator), write=False)
     if args.overwrite and root.is_dir():
         _clear(root)
     for note in evaluator.notes:
         if rank == 0:
             print(note)
-    out = run_sweep(prompts, configs, root, seeds=args.seeds, model=args.model, settings=settings, device=device,
+    out = run_sweep(prompts, configs, root, seeds=args.seeds, model=model, settings=settings, device=device,
                     dtype=dtype, evaluator=evaluator, warmup=args.warmup, save_media=args.save_media,
                     progress=not args.no_progress, merge_timeout=args.merge_timeout)
     where = f"rank {rank}/{world}: " if world > 1 else ""

@@ -11,17 +11,22 @@ token and their conditional probabilities multiplied, so multi-token answers are
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Optional, Union
 
 import numpy as np
 import torch
 
+from .._logging import log_once
 from ..errors import MissingWeightsError
 from .weights import VQA_ENV, VQA_FLAG, load_model_and_processor, read_architectures, resolve_model_dir
 
 DEFAULT_QUESTION = 'Does this figure show "{prompt}"? Please answer yes or no.'
 SUPPORTED_ARCHITECTURES = ("BlipForQuestionAnswering",)
+UNBOUNDED_LENGTH = 1_000_000  # tokenizers without a limit report model_max_length as ~1e30
+
+logger = logging.getLogger(__name__)
 
 
 def vqa_question(prompt: str, template: str = DEFAULT_QUESTION) -> str:
@@ -41,12 +46,47 @@ class LocalVqa:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def max_question_tokens(self) -> int:
+        """The longest question (in tokens, special tokens included) the model takes: the smaller of the
+        tokenizer's ``model_max_length`` and the text model's position embeddings."""
+        limits = [getattr(self.processor.tokenizer, "model_max_length", None),
+                  getattr(getattr(self.model.config, "text_config", None), "max_position_embeddings", None)]
+        limits = [int(limit) for limit in limits if limit and limit < UNBOUNDED_LENGTH]
+        return min(limits) if limits else 512
+
+    def question_tokens(self, question: str) -> int:
+        return len(self.processor.tokenizer(question, add_special_tokens=True)["input_ids"])
+
+    def fit_question(self, prompt: str, template: str = DEFAULT_QUESTION) -> str:
+        """`vqa_question` of ``prompt``, with the prompt cut (at a word boundary where one is near) so that the
+        whole question, template included, fits `max_question_tokens`."""
+        question = vqa_question(prompt, template)
+        limit = self.max_question_tokens
+        if self.question_tokens(question) <= limit:
+            return question
+        text = prompt.strip()
+        low, high = 0, len(text)  # the longest prefix whose question fits
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.question_tokens(vqa_question(text[:middle], template)) <= limit:
+                low = middle
+            else:
+                high = middle - 1
+        prefix = text[:low]
+        if low < len(text) and not text[low].isspace() and " " in prefix.strip():
+            prefix = prefix[:prefix.rstrip().rfind(" ")]  # do not end on half a word
+        log_once(logger, "vqa-truncated", "VQA score: prompts longer than the VQA model's %d question tokens are cut "
+                 "(first: %d of %d characters kept)", limit, len(prefix.rstrip()), len(text))
+        return vqa_question(prefix.rstrip(), template)
+
     @torch.no_grad()
     def answer_probability(self, frames: np.ndarray, question: str, answer: str = "yes") -> torch.Tensor:
         """P(``answer``) per frame, fp32 ``[T]``, for uint8 frames ``[T, H, W, 3]``."""
         model = self.model
         images = [torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1) for frame in frames]
-        inputs = self.processor(images=images, text=[question] * len(images), return_tensors="pt", padding=True)
+        inputs = self.processor(images=images, text=[question] * len(images), return_tensors="pt", padding=True,
+                                truncation=True, max_length=self.max_question_tokens)
         pixel_values = inputs["pixel_values"].to(self.device, dtype=next(model.parameters()).dtype)
         input_ids = inputs["input_ids"].to(self.device)
         attention_mask = inputs.get("attention_mask")
@@ -97,6 +137,8 @@ def sample_frames(frames: np.ndarray, max_frames: int) -> np.ndarray:
 
 def vqa_score(frames: np.ndarray, prompt: str, vqa: LocalVqa, *, max_frames: int = 8,
               template: str = DEFAULT_QUESTION, answer: str = "yes") -> float:
-    """Mean P("yes") over up to ``max_frames`` frames for the question built from ``prompt``; in [0, 1]."""
+    """Mean P("yes") over up to ``max_frames`` frames for the question built from ``prompt``; in [0, 1].
+
+    A prompt too long for the model's questions is cut to fit (`LocalVqa.fit_question`)."""
     chosen = sample_frames(frames, max_frames)
-    return float(vqa.answer_probability(chosen, vqa_question(prompt, template), answer).mean())
+    return float(vqa.answer_probability(chosen, vqa.fit_question(prompt, template), answer).mean())

@@ -101,8 +101,8 @@ def cli(capsys):
     return run
 
 
-# small, fast settings for the embedded tiny CogVideoX (64×64, 5 requested frames, 1 step)
-FAST = ("--steps", "1", "--height", "64", "--width", "64", "--frames", "5", "--no-progress")
+# small, fast settings for the embedded tiny CogVideoX (64×64, 9 frames = 3 latent frames, 1 step)
+FAST = ("--steps", "1", "--height", "64", "--width", "64", "--frames", "9", "--no-progress")
 
 
 def files_under(folder):
@@ -120,3 +120,41 @@ def list_files():
 @pytest.fixture
 def fast():
     return FAST
+
+
+@pytest.fixture(scope="session")
+def tiny_cogvideox_dir(tmp_path_factory):
+    """The embedded tiny CogVideoX saved with save_pretrained (no text encoder or tokenizer: saved as null)."""
+    from sparge_diffusers.pipelines.tiny import tiny_pipeline
+
+    pipe, _ = tiny_pipeline("cogvideox")
+    folder = tmp_path_factory.mktemp("tiny-cogvideox-folder")
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_cogvideox_t5_dir(tmp_path_factory):
+    """A complete CogVideoXPipeline folder: the tiny CogVideoX with its own 1-layer T5 text encoder (d_model 32 =
+    the transformer's text_embed_dim) and a word-level tokenizer saved by `tokenizers`."""
+    _quiet()
+    from diffusers import CogVideoXPipeline
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    from sparge_diffusers.pipelines.tiny import tiny_pipeline
+
+    words = ["<pad>", "</s>", "<unk>", "a", "red", "blue", "ball", "cube", "rolling", "bouncing"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
+                                        unk_token="<unk>", model_max_length=16)
+    torch.manual_seed(0)
+    encoder = T5EncoderModel(T5Config(vocab_size=len(words), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
+                                      pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    tiny, _ = tiny_pipeline("cogvideox")
+    pipe = CogVideoXPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=tiny.vae, transformer=tiny.transformer,
+                             scheduler=tiny.scheduler)
+    folder = tmp_path_factory.mktemp("tiny-cogvideox-t5")
+    pipe.save_pretrained(folder)
+    return folder

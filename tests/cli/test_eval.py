@@ -76,3 +76,51 @@ def test_parse_metrics_and_auto_evaluator(monkeypatch):
     evaluator = Evaluator.create(None)
     assert evaluator.metrics[:2] == ("psnr", "ssim") and evaluator.clip is None
     assert any("SPARGE_CLIP_MODEL" in note for note in evaluator.notes)
+
+
+def test_eval_long_prompt_is_cut_for_vqa(cli, rendered, tiny_vqa_dir, tmp_path):
+    """A prompt longer than BLIP's 128 question positions used to crash in its embeddings (raw traceback)."""
+    from sparge_diffusers.metrics import load_vqa
+
+    long_prompt = " ".join(["a red ball rolling"] * 60)  # ~240 words, far beyond 128 tokens
+    vqa = load_vqa(tiny_vqa_dir)
+    question = vqa.fit_question(long_prompt)
+    assert vqa.question_tokens(question) <= vqa.max_question_tokens == 128
+    assert question.endswith('"? Please answer yes or no.') and "a red ball rolling a red" in question
+    report = tmp_path / "eval.json"
+    code, _, err = cli("eval", rendered, "--prompt", long_prompt, "--vqa-model", tiny_vqa_dir, "--metrics", "vqa",
+                       "--vqa-frames", "2", "--json", report)
+    assert code == 0, err
+    assert 0 < json.loads(report.read_text())["results"][0]["vqa"] < 1
+
+
+def test_eval_several_files_reports_each_failure(cli, rendered, frames, tiny_clip_dir, tmp_path):
+    """A file without a prompt no longer aborts the run: the others are scored, failures listed, exit 1."""
+    bare = tmp_path / "bare.gif"
+    write_media(bare, frames)  # no sidecar: no prompt
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    report = tmp_path / "eval.json"
+    code, out, err = cli("eval", bare, rendered, broken, "--clip-model", tiny_clip_dir, "--metrics", "clip",
+                         "--json", report)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 3 and "bare.gif: no prompt" in lines[0] and "broken.mp4" in lines[1]
+    assert "2 of 3 file(s) failed; 1 evaluated" in lines[2]
+    written = json.loads(report.read_text())
+    assert [row["file"] for row in written["results"]] == [str(rendered)]
+    assert 0 <= written["results"][0]["clip_score"] <= 100
+    assert [f["file"] for f in written["failures"]] == [str(bare), str(broken)]
+    assert "clip.png" in out
+
+
+def test_eval_reads_a_dense_sheet_without_sidecar(cli, tmp_path, frames):
+    """A reference png contact sheet without its sidecar is split like the file it is compared with."""
+    video, dense = tmp_path / "clip.png", tmp_path / "clip-dense.png"
+    info = write_media(video, frames)
+    write_media(dense, frames)  # no sidecar
+    write_json(sidecar_path(video), {"prompt": "p", "media": info, "dense": {"path": str(dense)}})
+    report = tmp_path / "eval.json"
+    code, _, err = cli("eval", video, "--metrics", "psnr", "--json", report)
+    assert code == 0, err
+    assert json.loads(report.read_text())["results"][0]["psnr"] is None  # identical: inf, written as null

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from sparge_diffusers.generate import EMBEDDED_MODELS, detect_family, slugify
 from sparge_diffusers.media import read_media
+from sparge_diffusers.models import EMBEDDED_MODELS, detect_family
+from sparge_diffusers.outputs import slugify
 
 
 def test_generate_default_model_writes_video_and_sidecar(cli, fast, tmp_path, list_files):
@@ -16,14 +17,15 @@ def test_generate_default_model_writes_video_and_sidecar(cli, fast, tmp_path, li
     assert list_files(tmp_path) == ["a-red-ball-rolling-seed0.mp4", "a-red-ball-rolling-seed0.mp4.json"]
     sidecar = json.loads((tmp_path / "a-red-ball-rolling-seed0.mp4.json").read_text())
     assert sidecar["prompt"] == "a red ball rolling"
-    assert sidecar["model"] == {"source": "embedded:tiny-cogvideox", "family": "cogvideox", "embedded": True}
+    assert sidecar["model"] == {"source": "embedded:tiny-cogvideox", "family": "cogvideox", "embedded": True,
+                                "prompt_encoding": "hash embeddings"}
     assert sidecar["sparge"]["topk"] == 0.5 and sidecar["sparge"]["sim_threshold"] is None  # auto: off on tiny
     assert sidecar["settings"]["call"]["num_inference_steps"] == 1
     assert sidecar["timings"]["render_s"] > 0 and len(sidecar["timings"]["step_s"]) == 1
     assert 0.0 < sidecar["sparsity"]["mean"] < 1.0
     assert set(sidecar["sparsity"]["by_step"]) == {"0"}
     frames = read_media(tmp_path / "a-red-ball-rolling-seed0.mp4")
-    assert frames.shape[1:] == (64, 64, 3) and frames.shape[0] == sidecar["media"]["frames"]
+    assert frames.shape == (9, 64, 64, 3) and sidecar["media"]["frames"] == 9  # --frames 9: 9 frames
     assert "sparsity" in out
 
 
@@ -32,13 +34,16 @@ def test_compare_dense_gif_and_knobs(cli, fast, tmp_path, list_files):
     code, out, err = cli("generate", "a blue cube", "-o", target, "--compare-dense", "--no-warmup", "--topk", "0.3",
                          "--pv-threshold", "-20", "--precision", "int8-fp16", "--reorder", "none", "--seed", "3", *fast)
     assert code == 0, err
-    assert list_files(tmp_path) == ["clip-dense.gif", "clip.gif", "clip.gif.json"]
+    assert list_files(tmp_path) == ["clip-dense.gif", "clip-dense.gif.json", "clip.gif", "clip.gif.json"]
     sidecar = json.loads((tmp_path / "clip.gif.json").read_text())
     assert sidecar["sparge"]["precision"] == "int8-fp16" and sidecar["sparge"]["pv_threshold"] == -20
     dense = sidecar["dense"]
-    assert dense["speedup"] > 0 and 0.0 < dense["ssim"] <= 1.0
-    assert dense["psnr"] is None or dense["psnr"] > 10.0  # None: identical renders (inf PSNR)
-    assert "speed-up" in out and "PSNR" in out
+    raw, encoded = dense["fidelity"]["raw_frames"], dense["fidelity"]["encoded_files"]
+    assert dense["speedup"] > 0 and 0.0 < raw["ssim"] <= 1.0
+    assert raw["psnr"] is None or raw["psnr"] > 10.0  # None: identical renders (inf PSNR)
+    assert encoded["format"] == "gif" and 0.0 < encoded["ssim"] <= 1.0  # gif is lossy (256-colour palette)
+    assert json.loads((tmp_path / "clip-dense.gif.json").read_text())["mode"] == "dense"
+    assert "speed-up" in out and "PSNR" in out and "(gif files)" in out
 
 
 def test_dense_only_two_prompts_png(cli, fast, tmp_path, list_files):
@@ -80,7 +85,8 @@ def _bad_model_folders(tmp_path):
 
 @pytest.mark.parametrize("case", [
     "not-a-pipeline", "unsupported-family", "missing-folder", "zero-frames", "negative-steps", "unwritable-output",
-    "bad-suffix", "bad-topk", "topk-and-tau", "odd-height", "frames-for-images", "not-a-number",
+    "bad-suffix", "bad-topk", "topk-and-tau", "odd-height", "frames-for-images", "not-a-number", "two-frames",
+    "five-frames", "mochi-one-step", "cuda-on-cpu",
 ])
 def test_bad_inputs_fail_in_one_line_and_write_nothing(case, cli, tmp_path, list_files):
     no_index, unsupported = _bad_model_folders(tmp_path)
@@ -100,7 +106,16 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(case, cli, tmp_path, list
         "odd-height": ["--height", "50"],
         "frames-for-images": ["--model", "tiny-flux", "--frames", "9"],
         "not-a-number": ["--steps", "many"],
+        "two-frames": ["--frames", "2"],
+        "five-frames": ["--frames", "5"],
+        "mochi-one-step": ["--model", "tiny-mochi", "--steps", "1"],
+        "cuda-on-cpu": ["--device", "cuda"],
     }[case]
+    if case == "cuda-on-cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
     before = list_files(tmp_path)
     if "-o" not in args:
         args = args + ["-o", out]
@@ -118,6 +133,43 @@ def test_messages_name_the_problem(cli, tmp_path):
     assert "StableDiffusionPipeline is not supported" in cli("generate", "x", "--model", unsupported)[2]
     assert "--frames must be >= 1" in cli("generate", "x", "--frames", "0")[2]
     assert "--steps must be >= 1" in cli("generate", "x", "--steps", "-1")[2]
+
+
+def test_frame_counts_the_vae_cannot_render_are_refused(cli, tmp_path):
+    # the CogVideoX VAE renders 1, 8, 9, 16, 17, ... frames exactly; --frames 2 used to render 1 frame silently
+    code, _, err = cli("generate", "x", "--frames", "2", "--steps", "1", "-o", tmp_path, "--no-progress")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--frames 2" in err and "would render 1 frame(s)" in err and "1, 8, 9, 16, 17" in err
+
+
+def test_mochi_steps(cli, tmp_path, list_files):
+    code, _, err = cli("generate", "x", "--model", "tiny-mochi", "--steps", "1", "-o", tmp_path)
+    assert code == 2 and "--steps must be >= 2 for mochi" in err and "Traceback" not in err
+    # two steps with a warm-up: the warm-up call used to take one step and divide by zero in Mochi's schedule
+    code, out, err = cli("generate", "x", "--model", "tiny-mochi", "--steps", "2", "--height", "32", "--width", "32",
+                         "--frames", "7", "--warmup", "-o", tmp_path / "m.gif", "--no-progress")
+    assert code == 0, err
+    assert read_media(tmp_path / "m.gif").shape == (7, 32, 32, 3)
+
+
+@pytest.mark.parametrize("fmt", ["png", "mp4"])
+def test_compare_dense_sidecar_psnr_and_eval_agree(fmt, cli, fast, tmp_path):
+    """The sidecar labels raw-frame and encoded-file PSNR; eval reads the dense file back (a png contact sheet
+    too) and gets the encoded figure (png: lossless, the raw one)."""
+    target = tmp_path / f"clip.{fmt}"
+    code, _, err = cli("generate", "a red ball", "-o", target, "--compare-dense", "--no-warmup", "--topk", "0.3", *fast)
+    assert code == 0, err
+    fidelity = json.loads((tmp_path / f"clip.{fmt}.json").read_text())["dense"]["fidelity"]
+    assert read_media(tmp_path / f"clip-dense.{fmt}").shape == (9, 64, 64, 3)
+    code, _, err = cli("eval", target, "--metrics", "psnr,ssim", "--json", tmp_path / "eval.json")
+    assert code == 0, err
+    row = json.loads((tmp_path / "eval.json").read_text())["results"][0]
+    expected = fidelity["raw_frames"] if fmt == "png" else fidelity["encoded_files"]
+    assert fidelity["encoded_files"] is None if fmt == "png" else fidelity["encoded_files"]["format"] == "mp4"
+    assert row["psnr"] == pytest.approx(expected["psnr"], rel=1e-9)
+    assert row["ssim"] == pytest.approx(expected["ssim"], rel=1e-6)
+    if fmt == "mp4":  # H.264 loses more than the sparse attention: the file figure is the lower one
+        assert fidelity["encoded_files"]["psnr"] < fidelity["raw_frames"]["psnr"]
 
 
 def test_helpers():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 
 from sparge_diffusers.config import SpargeConfig
@@ -137,3 +138,59 @@ def test_merge_and_summary(tmp_path):
     assert summary[DENSE_LABEL]["speedup"] == 1.0 and summary["c"]["speedup"] == 4.0
     assert summary["c"]["psnr"] == float("inf")
     assert read_rows(tmp_path / "missing.csv") == []
+
+
+def test_sweep_refuses_other_metric_models(cli, fast, tmp_path, tiny_clip_dir, list_files):
+    """Resuming with another CLIP folder would put two models' CLIPScores in one column: refused."""
+    import json
+    import shutil
+
+    other_clip = tmp_path / "other-clip"
+    shutil.copytree(tiny_clip_dir, other_clip)
+    out = tmp_path / "sweep"
+    base = ("sweep", "p", "--out-dir", out, "--topk", "0.5", "--no-warmup", *fast, "--metrics", "clip,psnr")
+    code, _, err = cli(*base, "--clip-model", tiny_clip_dir)
+    assert code == 0, err
+    meta = json.loads((out / "sweep.json").read_text())["metrics"]
+    assert meta["clip_model"] == str(tiny_clip_dir.resolve()) and meta["metrics"] == ["clip_score", "psnr"]
+    before = list_files(out)
+    for extra, flag in ((["--clip-model", other_clip], "--clip-model"),
+                        (["--clip-model", tiny_clip_dir, "--metrics", "clip,clip-t,psnr"], "--metrics")):
+        code, _, err = cli(*base, *extra)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "other settings" in err and flag in err
+    assert list_files(out) == before
+    code, stdout, err = cli(*base, "--clip-model", tiny_clip_dir)  # the same models resume
+    assert code == 0 and "0 render(s), 2 already done" in stdout, err
+    assert f"CLIP `{tiny_clip_dir.resolve()}`" in (out / "report.md").read_text()
+
+
+def test_plot_one_style_per_config_in_every_panel():
+    """24 configs, one of them without a PSNR: every config keeps its colour and marker in every panel, the pairs
+    are unique, and the configs are explained once, in a legend beside the panels (no per-point long labels)."""
+    from matplotlib.colors import to_rgba
+
+    from sparge_diffusers.sweep import quality_figure
+
+    configs = expand_grid([0.7, 0.5, 0.3], [], [None], [None, -20.0], [0, 2], ["hilbert", "none"], ["int8-fp8"])
+    assert len(configs) == 24
+    summary = [{"config": DENSE_LABEL, "speedup": 1.0, "psnr": float("inf"), "ssim": 1.0, "clip_score": 25.0}]
+    for index, config in enumerate(configs):
+        summary.append({"config": config_label(config), "speedup": 1.0 + index / 20, "sparsity": index / 30,
+                        "psnr": None if index == 0 else 30.0 + index, "ssim": 0.9, "clip_score": 20.0 + index})
+    figure = quality_figure(summary)
+    panels = [axes for axes in figure.axes if axes.collections]
+    assert len(panels) == 3  # psnr, ssim, clip_score
+    styles = {}
+    for axes in panels:
+        for collection in axes.collections:
+            label = collection.get_label()
+            style = (tuple(np.round(collection.get_facecolor()[0], 4)), collection.get_paths()[0].vertices.tobytes())
+            assert styles.setdefault(label, style) == style, label  # the same style in every panel
+        assert all(len(text.get_text()) <= 3 for text in axes.texts)  # numbers, not long labels
+    assert len(styles) == 25 and len(set(styles.values())) == 25
+    assert tuple(np.round(to_rgba("black"), 4)) == styles[DENSE_LABEL][0]
+    legends = [axes.get_legend() for axes in figure.axes if axes.get_legend() is not None]
+    assert len(legends) == 1 and len(legends[0].get_texts()) == 25
+    assert "all: sim=off int8-fp8" in legends[0].get_title().get_text()  # shared parts said once
+    assert not any(axes.collections for axes in figure.axes if axes.get_legend() is not None)  # legend outside
