@@ -25,7 +25,9 @@ from diffusers import FluxPipeline
 
 from sparge_diffusers._logging import log_once
 from sparge_diffusers.context import SpargeContext
+from sparge_diffusers.hilbert import TokenPermutation
 from sparge_diffusers.processor import SpargeProcessor
+from sparge_diffusers.token_order import ids_boundary_order, register_ids_order
 
 from ._base import BoundArguments, Family, SpargePipelineMixin, first_difference, resolve_grid
 
@@ -51,6 +53,16 @@ class FluxFamily(Family):
 
     def __init__(self) -> None:
         self._ids_cache: dict = {}
+        register_ids_order(self.name, self._ids_order)
+
+    def _ids_order(self, ids: torch.Tensor, kind: str):
+        """Eager body of the ``ids_token_order`` op: the boundary order of the tokens described by ``ids``."""
+        grid = self.grid_of(ids)
+        if grid is None:
+            identity = torch.arange(ids.shape[0], device=ids.device)
+            return identity, identity
+        perm = TokenPermutation.for_grid(grid, kind, device=ids.device, offset=0, total_len=ids.shape[0])
+        return perm.forward_index, perm.inverse_index
 
     def grid_of(self, img_ids: torch.Tensor) -> Optional[Tuple[int, int]]:
         """Packed grid ``(h, w)`` of the leading image tokens from ``img_ids`` ``[N, 3]`` (``(0, row, col)``).
@@ -87,14 +99,16 @@ class FluxFamily(Family):
         img_ids = bound.get("img_ids")
         num_visual = hidden_states.shape[1]
         ids2d = img_ids[0] if img_ids is not None and img_ids.ndim == 3 else img_ids
-        if context.geometry.grid is not None:
-            grid = resolve_grid(self.name, context.geometry.grid, num_visual, context.geometry, allow_partial=True)
-        else:
-            grid = None if ids2d is None else self.grid_of(ids2d)
         text_len = None if encoder_hidden_states is None else encoder_hidden_states.shape[1]
-        context.begin_forward(grid=grid, num_visual=num_visual, text_len=text_len, text_side="first",
-                              timestep=bound.get("timestep"))
-        perm = context.permutation_for(hidden_states.device)
+        if (torch.compiler.is_compiling() and context.geometry.grid is None and ids2d is not None
+                and context.reorder_at == "boundary"):
+            # the grid is in the ids (data-dependent): one opaque op gives the order, the graph stays whole
+            context.begin_forward(grid=None, num_visual=num_visual, text_len=text_len, text_side="first",
+                                  timestep=bound.get("timestep"))
+            perm = None if context.reorder_kind == "rowmajor" else ids_boundary_order(ids2d, self.name,
+                                                                                       context.reorder_kind)
+        else:
+            perm = self._eager_order(context, bound, ids2d, num_visual, text_len)
         if perm is None:
             return
         context.current.permutation = perm
@@ -105,6 +119,15 @@ class FluxFamily(Family):
             samples = bound.get(name)
             if samples is not None:
                 bound.set(name, [perm.apply(s, dim=1) for s in samples])
+
+    def _eager_order(self, context: SpargeContext, bound: BoundArguments, ids2d, num_visual: int, text_len):
+        if context.geometry.grid is not None:
+            grid = resolve_grid(self.name, context.geometry.grid, num_visual, context.geometry, allow_partial=True)
+        else:
+            grid = None if ids2d is None else self.grid_of(ids2d)
+        context.begin_forward(grid=grid, num_visual=num_visual, text_len=text_len, text_side="first",
+                              timestep=bound.get("timestep"))
+        return context.permutation_for(bound.get("hidden_states").device)
 
 
 class SpargeFluxPipeline(SpargePipelineMixin, FluxPipeline):

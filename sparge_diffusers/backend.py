@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ._logging import log_once
+from ._logging import log_once as _log_once
 from .context import LayerCall, SpargeContext, active_layer
 from .sparse_call import attend, keep_ranges_for, layer_policy, record, start_timer, text_range
 
@@ -51,6 +51,12 @@ SUPPORTED_DIFFUSERS = ((0, 36), (0, 43))
 MASKED_BELOW = -1e4
 
 _state: Dict[str, object] = {"member": None, "tried": False}
+
+
+def log_once(logger_, key: str, message: str, *args, **kwargs) -> None:
+    """`log_once`, skipped while ``torch.compile`` traces (logging would break the graph)."""
+    if not torch.compiler.is_compiling():
+        _log_once(logger_, key, message, *args, **kwargs)
 
 
 def _parse_version(text: str) -> Tuple[int, int]:
@@ -110,6 +116,7 @@ def register_sparge_backend(*, force: bool = False):
         if ENUM_NAME not in names._member_names_:
             names._member_names_.append(ENUM_NAME)
     registry.register(member, constraints=[], supports_context_parallel=False)(sparge_dispatch_attention)
+    _state["native"] = registry._backends[names.NATIVE]
     _state["member"] = member
     logger.debug("registered the sparge attention backend with diffusers %s", installed)
     return member
@@ -121,9 +128,8 @@ def sparge_backend_member():
 
 
 def native_backend():
-    """diffusers' native (SDPA) backend function: the dense path of this backend."""
-    dispatch = importlib.import_module("diffusers.models.attention_dispatch")
-    return dispatch._AttentionBackendRegistry._backends[dispatch.AttentionBackendName.NATIVE]
+    """diffusers' native (SDPA) backend function: the dense path of this backend (looked up at registration)."""
+    return _state["native"]
 
 
 _STANDALONE: Dict[str, SpargeContext] = {}

@@ -28,6 +28,28 @@ def _(grid, kind, total_len, device):
     return empty, torch.empty_like(empty)
 
 
+# ids-based order (Flux, Flux.2): the grid is read from the position ids, which is data-dependent; the op reads them
+# eagerly (cached by the family), so the compiled graph holds one opaque call
+_IDS_ORDER_FNS: dict = {}
+
+
+def register_ids_order(name: str, fn) -> None:
+    """``fn(ids, kind) -> (forward_index, inverse_index)`` for `ids_token_order` under ``name``."""
+    _IDS_ORDER_FNS[name] = fn
+
+
+@torch.library.custom_op("sparge_diffusers::ids_token_order", mutates_args=())
+def _ids_token_order(ids: torch.Tensor, name: str, kind: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    forward, inverse = _IDS_ORDER_FNS[name](ids, kind)
+    return forward.clone(), inverse.clone()
+
+
+@_ids_token_order.register_fake
+def _(ids, name, kind):
+    empty = torch.empty(ids.shape[0], dtype=torch.long, device=ids.device)
+    return empty, torch.empty_like(empty)
+
+
 class BoundaryOrder:
     """Visual tokens ``[0, prod(grid))`` of a ``total_len`` visual stream in curve order; later tokens in place.
 
@@ -37,12 +59,14 @@ class BoundaryOrder:
 
     __slots__ = ("grid", "kind", "total_len", "forward_index", "inverse_index")
 
-    def __init__(self, grid: Sequence[int], kind: str, total_len: int, device) -> None:
-        self.grid = tuple(int(g) for g in grid)
+    def __init__(self, grid: Sequence[int], kind: str, total_len: int, device, *, indices=None) -> None:
+        self.grid = None if grid is None else tuple(int(g) for g in grid)
         self.kind = kind
         self.total_len = int(total_len)
         device = torch.device(device)
-        if torch.compiler.is_compiling():
+        if indices is not None:
+            self.forward_index, self.inverse_index = indices
+        elif torch.compiler.is_compiling():
             self.forward_index, self.inverse_index = _token_order(list(self.grid), kind, self.total_len, device)
         else:
             perm = TokenPermutation.for_grid(self.grid, kind, device=device, offset=0, total_len=self.total_len)
@@ -74,4 +98,10 @@ class BoundaryOrder:
         return f"BoundaryOrder(grid={self.grid}, kind={self.kind!r}, total_len={self.total_len})"
 
 
-__all__ = ["BoundaryOrder"]
+def ids_boundary_order(ids: torch.Tensor, name: str, kind: str) -> "BoundaryOrder":
+    """The boundary order of the image tokens described by position ``ids`` ``[N, C]`` (grid unknown to the graph)."""
+    indices = _ids_token_order(ids, name, kind)
+    return BoundaryOrder(None, kind, ids.shape[0], ids.device, indices=indices)
+
+
+__all__ = ["BoundaryOrder", "ids_boundary_order", "register_ids_order"]
