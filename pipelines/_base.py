@@ -1,28 +1,24 @@
-"""What every model family of the diffusers integration provides, and the pieces they share.
+"""What the model files share: `SpargePipelineMixin` (a diffusers pipeline class turned into a Sparge one:
+``from_pretrained(path, sparge_config=...)``, stats after a call) and small geometry helpers.
 
-A `Family` knows one transformer class of diffusers 0.42: its attention modules (in layer order), its stock
-processor, how to read the geometry of a forward from the forward's arguments, and where its visual tokens enter and
-leave the transformer (the boundary where the Hilbert order is applied once and reverted). `SpargePipelineMixin` turns
-a diffusers pipeline class into a Sparge one (``from_pretrained(path, sparge_config=...)``, stats after a call).
+The family interface itself (`Family`, `Boundary`, `BoundArguments`, the registry) is core
+(`sparge_diffusers.family`); the model files implement it.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
-import inspect
 import logging
-import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from sparge_diffusers._logging import log_once
 from sparge_diffusers.config import SpargeConfig
+from sparge_diffusers.context import SpargeContext
+from sparge_diffusers.family import BoundArguments, Boundary, Family, video_grid
+from sparge_diffusers.geometry import SpargeGeometry, resolve_grid
 from sparge_diffusers.integration import (
-    SpargeContext,
-    SpargeGeometry,
-    SpargeProcessor,
     apply_sparge,
     begin_sparge_call,
     get_sparge_context,
@@ -31,144 +27,6 @@ from sparge_diffusers.integration import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-class BoundArguments:
-    """Read and replace named arguments of a module call given as ``(args, kwargs)`` (as forward pre-hooks see them).
-
-    Positions come from the signature of the module class's ``forward`` (not the instance attribute, which
-    accelerate or diffusers hooks may have wrapped).
-    """
-
-    _signatures: Dict[type, List[str]] = {}
-
-    def __init__(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        cls = type(module)
-        names = self._signatures.get(cls)
-        if names is None:
-            params = list(inspect.signature(cls.forward).parameters.values())[1:]
-            names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-            self._signatures[cls] = names
-        self._names = names
-        self.args = list(args)
-        self.kwargs = dict(kwargs)
-        self.changed = False
-
-    def _position(self, name: str) -> Optional[int]:
-        if name in self.kwargs:
-            return None
-        try:
-            index = self._names.index(name)
-        except ValueError:
-            return None
-        return index if index < len(self.args) else None
-
-    def get(self, name: str, default=None):
-        index = self._position(name)
-        if index is not None:
-            return self.args[index]
-        return self.kwargs.get(name, default)
-
-    def set(self, name: str, value) -> None:
-        index = self._position(name)
-        if index is not None:
-            self.args[index] = value
-        else:
-            self.kwargs[name] = value
-        self.changed = True
-
-    def result(self):
-        """What a ``with_kwargs`` pre-hook returns: None when nothing changed."""
-        return (tuple(self.args), self.kwargs) if self.changed else None
-
-
-@functools.lru_cache(maxsize=None)
-def _import_class(path: str) -> type:
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-class Family:
-    """One transformer class of diffusers 0.42 and how Sparge attaches to it. Subclasses fill in the blanks."""
-
-    name: str = ""
-    processor_class: type = SpargeProcessor
-    # diffusers classes as "module:Name", imported on first use (diffusers stays an optional import)
-    transformer_path: str = ""
-    attention_path: str = ""
-    stock_processor_paths: Tuple[str, ...] = ()
-
-    # identification
-
-    def transformer_class(self) -> type:
-        return _import_class(self.transformer_path)
-
-    def attention_class(self) -> type:
-        return _import_class(self.attention_path)
-
-    def stock_processor_classes(self) -> Tuple[type, ...]:
-        return tuple(_import_class(path) for path in self.stock_processor_paths)
-
-    def stock_processor(self):
-        """A fresh instance of the stock processor (for processors set without `apply_sparge`)."""
-        return self.stock_processor_classes()[0]()
-
-    def is_stock_processor(self, processor) -> bool:
-        return type(processor) in self.stock_processor_classes()
-
-    # attention layers
-
-    def attention_layers(self, transformer) -> List[Tuple[int, str, torch.nn.Module]]:
-        """``(layer index, module path, attention module)`` in the order the forward calls them."""
-        attention_class = self.attention_class()
-        layers = [(name, module) for name, module in transformer.named_modules() if isinstance(module, attention_class)]
-        return [(index, name, module) for index, (name, module) in enumerate(layers)]
-
-    def get_processor(self, attn):
-        return attn.processor
-
-    def set_processor(self, attn, processor) -> None:
-        if hasattr(attn, "set_processor"):
-            attn.set_processor(processor)
-        else:  # MochiAttention has no set_processor in diffusers 0.42
-            attn.processor = processor
-
-    # geometry and boundary
-
-    def install_hooks(self, transformer, context: SpargeContext) -> List[Any]:
-        """Register the geometry pre-hook and the boundary reorder hooks; returns the removable handles."""
-        family = self
-
-        @torch.compiler.disable
-        def geometry_hook(module, args, kwargs):
-            bound = BoundArguments(module, args, kwargs)
-            family.on_forward(module, context, bound)
-            return bound.result()
-
-        handles = [transformer.register_forward_pre_hook(geometry_hook, with_kwargs=True)]
-        handles += self.install_boundary_hooks(transformer, context)
-        return handles
-
-    def on_forward(self, transformer, context: SpargeContext, bound: BoundArguments) -> None:
-        """Read the geometry of this forward, start it on the context, permute what enters at the boundary."""
-        raise NotImplementedError
-
-    def install_boundary_hooks(self, transformer, context: SpargeContext) -> List[Any]:
-        raise NotImplementedError
-
-
-def resolve_grid(family: str, inferred: Tuple[int, ...], num_visual: int, override: SpargeGeometry,
-                 allow_partial: bool = False) -> Tuple[int, ...]:
-    """The grid of this forward: the override when given (checked against the token count), else the inferred one."""
-    if override.grid is None:
-        return inferred
-    grid = override.grid
-    count = math.prod(grid)
-    if count == num_visual or (allow_partial and count <= num_visual):
-        return grid
-    raise ValueError(
-        f"SpargeGeometry.grid={grid} has {count} tokens but this {family} forward has {num_visual} visual tokens"
-    )
 
 
 def revert_output_hook(context: SpargeContext) -> Callable:
@@ -185,12 +43,7 @@ def revert_output_hook(context: SpargeContext) -> Callable:
 
 def boundary_permutation(context: SpargeContext, device) -> Optional[Any]:
     """The visual-token permutation for this forward when reordering at the boundary, else None."""
-    if context.reorder_at != "boundary":
-        return None
-    perm = context.permutation_for(device)
-    if perm is not None and perm.is_identity:
-        return None
-    return perm
+    return context.permutation_for(device)
 
 
 # wrapped pipelines
@@ -220,15 +73,24 @@ class SpargePipelineMixin:
         pipe.enable_sparge(sparge_config, geometry=sparge_geometry, collect_stats=collect_stats)
         return pipe
 
+    def _sparge_extra_transformers(self):
+        """Further denoisers of the pipeline (Wan 2.2 A14B: ``transformer_2``, the low-noise expert)."""
+        extra = getattr(self, "transformer_2", None)
+        return [extra] if isinstance(extra, torch.nn.Module) else []
+
     def enable_sparge(self, config: Optional[SpargeConfig] = None, *, geometry: Optional[SpargeGeometry] = None,
                       collect_stats: bool = True, reorder_at: str = "boundary"):
         self._sparge_disabled = False
         apply_sparge(self, config, geometry=geometry, collect_stats=collect_stats, reorder_at=reorder_at)
+        for extra in self._sparge_extra_transformers():
+            apply_sparge(extra, config, geometry=geometry, collect_stats=collect_stats, reorder_at=reorder_at)
         return self
 
     def disable_sparge(self):
         self._sparge_disabled = True
         remove_sparge(self)
+        for extra in self._sparge_extra_transformers():
+            remove_sparge(extra)
         return self
 
     @property
@@ -261,6 +123,8 @@ class SpargePipelineMixin:
                      type(self).__name__, level=logging.INFO)
             self.enable_sparge()
         begin_sparge_call(self, reset_stats=True)
+        for extra in self._sparge_extra_transformers():
+            begin_sparge_call(extra, reset_stats=True)
 
 
 def first_difference(ids: torch.Tensor) -> int:
@@ -271,7 +135,10 @@ def first_difference(ids: torch.Tensor) -> int:
 
 __all__: Sequence[str] = [
     "BoundArguments",
+    "Boundary",
     "Family",
+    "first_difference",
+    "video_grid",
     "SpargePipelineMixin",
     "boundary_permutation",
     "resolve_grid",

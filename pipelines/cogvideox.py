@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from diffusers import CogVideoXPipeline
 
 from sparge_diffusers._logging import log_once
-from sparge_diffusers.integration import SpargeContext, SpargeProcessor
+from sparge_diffusers import sparse_call
+from sparge_diffusers.context import SpargeContext
+from sparge_diffusers.processor import SpargeProcessor
 
 from ._base import BoundArguments, Family, SpargePipelineMixin, boundary_permutation, resolve_grid, revert_output_hook
 
@@ -87,13 +89,15 @@ def cogvideox_attention(proc: SpargeProcessor, attn, hidden_states: torch.Tensor
             key[:, :, text_seq_length:] = apply_rotary_emb(key[:, :, text_seq_length:], image_rotary_emb)
 
     # the only change: the attention call
-    policy = "masked" if attention_mask is not None else proc.policy(attn)
-    timer = proc.start_timer(query.device)
+    layer = proc.layer(attn)
+    policy = "masked" if attention_mask is not None else sparse_call.layer_policy(layer)
+    timer = sparse_call.start_timer(layer, query.device)
     sparsity = backend = None
     if policy == "sparse":
-        keep = proc.keep_ranges(0, proc.context.text_keep_len(text_seq_length))
-        hidden_states, sparsity, backend = proc.sparse(query, key, value, layout="BHSD", keep_ranges=keep,
-                                                       visual_offset=text_seq_length)
+        text = sparse_call.text_range(layer, query.shape[2], hint=(0, text_seq_length))
+        keep = sparse_call.keep_ranges_for(layer, *text)
+        hidden_states, sparsity, backend = sparse_call.attend(query, key, value, layer=layer, layout="BHSD",
+                                                              keep_ranges=keep, visual_offset=text_seq_length)
     else:
         if policy == "masked":
             log_once(logger, "cogvideox-mask", "CogVideoX Sparge processor: attention_mask given; that call uses "
@@ -101,8 +105,8 @@ def cogvideox_attention(proc: SpargeProcessor, attn, hidden_states: torch.Tensor
         hidden_states = F.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
         )
-    proc.record(attn, timer, policy=policy, sparsities=[sparsity], backend=backend, batch=batch_size,
-                heads=attn.heads, seq_len=query.shape[2], text_len=text_seq_length)
+    sparse_call.record(layer, timer, policy=policy, sparsities=[sparsity], backend=backend, batch=batch_size,
+                       heads=attn.heads, seq_len=query.shape[2], text_len=text_seq_length)
 
     hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
 
@@ -129,14 +133,19 @@ class CogVideoXFamily(Family):
     """``CogVideoXTransformer3DModel`` of diffusers 0.42 (CogVideoX-2b / 5b 1.0, CogVideoX1.5 with ``patch_size_t``)."""
 
     name = "cogvideox"
+    uses_dispatch = False
     processor_class = SpargeCogVideoXAttnProcessor
+    text_side = "first"
 
     transformer_path = "diffusers:CogVideoXTransformer3DModel"
-    attention_path = "diffusers.models.attention_processor:Attention"
+    attention_paths = ("diffusers.models.attention_processor:Attention",)
     stock_processor_paths = (
         "diffusers.models.attention_processor:CogVideoXAttnProcessor2_0",
         "diffusers.models.attention_processor:FusedCogVideoXAttnProcessor2_0",
     )
+
+    def accepts_attention(self, attn) -> bool:
+        return getattr(attn, "added_kv_proj_dim", None) is None  # an Attention with added KV (SD3, ...) is not ours
 
     @staticmethod
     def grid_of(transformer, hidden_states: torch.Tensor):
@@ -153,7 +162,7 @@ class CogVideoXFamily(Family):
         num_visual = math.prod(grid)
         grid = resolve_grid(self.name, grid, num_visual, context.geometry)
         text_len = encoder_hidden_states.shape[1]
-        context.begin_forward(grid=grid, num_visual=num_visual, text_len=text_len, text_first=True,
+        context.begin_forward(grid=grid, num_visual=num_visual, text_len=text_len, text_side="first",
                               timestep=bound.get("timestep"))
         perm = boundary_permutation(context, hidden_states.device)
         if perm is None:

@@ -1,10 +1,12 @@
-"""Flux: Sparge processor, token geometry and the wrapped pipeline (diffusers 0.42).
+"""Flux: token geometry and the wrapped pipeline (diffusers 0.42); attention goes through the Sparge backend.
 
 Token layout of ``FluxTransformer2DModel``: the pipeline packs the latents into 2x2 patches and passes
 ``hidden_states: [B, N, C]`` (row-major over the packed grid ``(h, w)``) with ``img_ids: [N, 3]`` (``(0, row, col)``)
 and ``txt_ids``; RoPE is computed inside the forward from ``cat(txt_ids, img_ids)`` and covers all tokens.
 Double-stream blocks attend over ``[text, image]`` built from two projections; single-stream blocks receive
-``[text, image]`` already concatenated (the processor gets no text length, so it comes from the geometry hook).
+``[text, image]`` already concatenated. ``FluxAttnProcessor`` calls ``dispatch_attention_fn``, so the stock
+processor stays and the ``"sparge"`` backend is set on it; the text range of both block kinds follows from the image
+token count the geometry hook records (text first).
 
 Boundary reorder: the forward pre-hook permutes ``hidden_states`` and ``img_ids`` together (so the rotary embedding
 computed from the ids follows the tokens) and any ControlNet residuals; a forward hook on ``proj_out`` restores
@@ -16,164 +18,51 @@ their place.
 from __future__ import annotations
 
 import logging
-from typing import Any, List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from diffusers import FluxPipeline
 
 from sparge_diffusers._logging import log_once
-from sparge_diffusers.integration import SpargeContext, SpargeProcessor
+from sparge_diffusers.context import SpargeContext
+from sparge_diffusers.hilbert import TokenPermutation
+from sparge_diffusers.processor import SpargeProcessor
+from sparge_diffusers.token_order import ids_boundary_order, register_ids_order
 
-from ._base import (
-    BoundArguments,
-    Family,
-    SpargePipelineMixin,
-    boundary_permutation,
-    first_difference,
-    resolve_grid,
-    revert_output_hook,
-)
+from ._base import BoundArguments, Family, SpargePipelineMixin, first_difference, resolve_grid
 
 logger = logging.getLogger(__name__)
 
 
-def _get_qkv_projections(attn, hidden_states, encoder_hidden_states=None):
-    # transformer_flux._get_qkv_projections of diffusers 0.42 (copied: it is private there)
-    if attn.fused_projections:
-        query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-        encoder_query = encoder_key = encoder_value = (None,)
-        if encoder_hidden_states is not None and hasattr(attn, "to_added_qkv"):
-            encoder_query, encoder_key, encoder_value = attn.to_added_qkv(encoder_hidden_states).chunk(3, dim=-1)
-        return query, key, value, encoder_query, encoder_key, encoder_value
-
-    query = attn.to_q(hidden_states)
-    key = attn.to_k(hidden_states)
-    value = attn.to_v(hidden_states)
-
-    encoder_query = encoder_key = encoder_value = None
-    if encoder_hidden_states is not None and attn.added_kv_proj_dim is not None:
-        encoder_query = attn.add_q_proj(encoder_hidden_states)
-        encoder_key = attn.add_k_proj(encoder_hidden_states)
-        encoder_value = attn.add_v_proj(encoder_hidden_states)
-
-    return query, key, value, encoder_query, encoder_key, encoder_value
-
-
-def flux_attention(proc: SpargeProcessor, attn, hidden_states: torch.Tensor,
-                   encoder_hidden_states: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
-                   image_rotary_emb=None):
-    """``FluxAttnProcessor`` of diffusers 0.42 (double- and single-stream blocks) with `sparge_attn` as attention.
-
-    Sequence ``[text, image]``; the text range is always computed. Calls with an attention mask or under diffusers'
-    context parallelism use the stock ``dispatch_attention_fn``.
-    """
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-    from diffusers.models.embeddings import apply_rotary_emb
-
-    query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
-        attn, hidden_states, encoder_hidden_states
-    )
-
-    query = query.unflatten(-1, (-1, attn.head_dim))
-    key = key.unflatten(-1, (-1, attn.head_dim))
-    value = value.unflatten(-1, (-1, attn.head_dim))
-
-    query = attn.norm_q(query)
-    key = attn.norm_k(key)
-
-    context = proc.context
-    if attn.added_kv_proj_dim is not None:
-        encoder_query = encoder_query.unflatten(-1, (-1, attn.head_dim))
-        encoder_key = encoder_key.unflatten(-1, (-1, attn.head_dim))
-        encoder_value = encoder_value.unflatten(-1, (-1, attn.head_dim))
-
-        encoder_query = attn.norm_added_q(encoder_query)
-        encoder_key = attn.norm_added_k(encoder_key)
-
-        query = torch.cat([encoder_query, query], dim=1)
-        key = torch.cat([encoder_key, key], dim=1)
-        value = torch.cat([encoder_value, value], dim=1)
-        text_len = encoder_hidden_states.shape[1]
-        context.seen_text_len = text_len
-    else:
-        text_len = _single_stream_text_len(context, query.shape[1])
-
-    if image_rotary_emb is not None:
-        query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-        key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-
-    # the only change: the attention call
-    if attention_mask is not None or proc._parallel_config is not None:
-        policy = "masked"
-        log_once(logger, "flux-mask", "Flux Sparge processor: attention_mask or context parallelism in use; those "
-                 "calls use the stock attention")
-    else:
-        policy = proc.policy(attn)
-    timer = proc.start_timer(query.device)
-    sparsity = backend = None
-    if policy == "sparse":
-        keep = proc.keep_ranges(0, context.text_keep_len(text_len))
-        hidden_states, sparsity, backend = proc.sparse(query, key, value, layout="BSHD", keep_ranges=keep,
-                                                       visual_offset=text_len)
-    else:
-        hidden_states = dispatch_attention_fn(
-            query,
-            key,
-            value,
-            attn_mask=attention_mask,
-            backend=proc._attention_backend,
-            parallel_config=proc._parallel_config,
-        )
-    proc.record(attn, timer, policy=policy, sparsities=[sparsity], backend=backend, batch=query.shape[0],
-                heads=query.shape[2], seq_len=query.shape[1], text_len=text_len)
-    hidden_states = hidden_states.flatten(2, 3)
-    hidden_states = hidden_states.to(query.dtype)
-
-    if encoder_hidden_states is not None:
-        encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
-            [encoder_hidden_states.shape[1], hidden_states.shape[1] - encoder_hidden_states.shape[1]], dim=1
-        )
-        hidden_states = attn.to_out[0](hidden_states.contiguous())
-        hidden_states = attn.to_out[1](hidden_states)
-        encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())
-
-        return hidden_states, encoder_hidden_states
-    else:
-        return hidden_states
-
-
-def _single_stream_text_len(context: SpargeContext, seq_len: int) -> int:
-    """Text tokens at the head of a single-stream block's ``[text, image]`` sequence."""
-    cur = context.current
-    if cur.active and cur.num_visual and seq_len >= cur.num_visual:
-        return seq_len - cur.num_visual
-    if context.seen_text_len is not None and context.seen_text_len <= seq_len:
-        return context.seen_text_len
-    log_once(logger, "flux-single-text", "Flux Sparge processor: a single-stream block ran before any double-stream "
-             "block and without apply_sparge's geometry hook; its text tokens are not protected")
-    return 0
-
-
 class SpargeFluxAttnProcessor(SpargeProcessor):
-    """Sparge processor for ``FluxTransformer2DModel`` (double- and single-stream blocks), following
-    ``FluxAttnProcessor`` of diffusers 0.42: ``transformer.set_attn_processor(SpargeFluxAttnProcessor(config))`` or
-    `apply_sparge`."""
-
-    attention_impl = staticmethod(flux_attention)
+    """Standalone Sparge processor for ``FluxTransformer2DModel`` (double- and single-stream blocks):
+    ``transformer.set_attn_processor(SpargeFluxAttnProcessor(config))``. It runs the stock ``FluxAttnProcessor``
+    with the ``"sparge"`` attention backend; `apply_sparge` sets the backend directly instead."""
 
 
 class FluxFamily(Family):
     """``FluxTransformer2DModel`` of diffusers 0.42 (FLUX.1 dev / schnell / Kontext)."""
 
     name = "flux"
-    processor_class = SpargeFluxAttnProcessor
+    text_side = "first"
+    grid_allow_partial = True
 
     transformer_path = "diffusers:FluxTransformer2DModel"
-    attention_path = "diffusers.models.transformers.transformer_flux:FluxAttention"
+    attention_paths = ("diffusers.models.transformers.transformer_flux:FluxAttention",)
     stock_processor_paths = ("diffusers.models.transformers.transformer_flux:FluxAttnProcessor",)
 
     def __init__(self) -> None:
         self._ids_cache: dict = {}
+        register_ids_order(self.name, self._ids_order)
+
+    def _ids_order(self, ids: torch.Tensor, kind: str):
+        """Eager body of the ``ids_token_order`` op: the boundary order of the tokens described by ``ids``."""
+        grid = self.grid_of(ids)
+        if grid is None:
+            identity = torch.arange(ids.shape[0], device=ids.device)
+            return identity, identity
+        perm = TokenPermutation.for_grid(grid, kind, device=ids.device, offset=0, total_len=ids.shape[0])
+        return perm.forward_index, perm.inverse_index
 
     def grid_of(self, img_ids: torch.Tensor) -> Optional[Tuple[int, int]]:
         """Packed grid ``(h, w)`` of the leading image tokens from ``img_ids`` ``[N, 3]`` (``(0, row, col)``).
@@ -210,14 +99,16 @@ class FluxFamily(Family):
         img_ids = bound.get("img_ids")
         num_visual = hidden_states.shape[1]
         ids2d = img_ids[0] if img_ids is not None and img_ids.ndim == 3 else img_ids
-        if context.geometry.grid is not None:
-            grid = resolve_grid(self.name, context.geometry.grid, num_visual, context.geometry, allow_partial=True)
-        else:
-            grid = None if ids2d is None else self.grid_of(ids2d)
         text_len = None if encoder_hidden_states is None else encoder_hidden_states.shape[1]
-        context.begin_forward(grid=grid, num_visual=num_visual, text_len=text_len, text_first=True,
-                              timestep=bound.get("timestep"))
-        perm = boundary_permutation(context, hidden_states.device)
+        if (torch.compiler.is_compiling() and context.geometry.grid is None and ids2d is not None
+                and context.reorder_at == "boundary"):
+            # the grid is in the ids (data-dependent): one opaque op gives the order, the graph stays whole
+            context.begin_forward(grid=None, num_visual=num_visual, text_len=text_len, text_side="first",
+                                  timestep=bound.get("timestep"))
+            perm = None if context.reorder_kind == "rowmajor" else ids_boundary_order(ids2d, self.name,
+                                                                                       context.reorder_kind)
+        else:
+            perm = self._eager_order(context, bound, ids2d, num_visual, text_len)
         if perm is None:
             return
         context.current.permutation = perm
@@ -229,8 +120,14 @@ class FluxFamily(Family):
             if samples is not None:
                 bound.set(name, [perm.apply(s, dim=1) for s in samples])
 
-    def install_boundary_hooks(self, transformer, context: SpargeContext) -> List[Any]:
-        return [transformer.proj_out.register_forward_hook(revert_output_hook(context))]
+    def _eager_order(self, context: SpargeContext, bound: BoundArguments, ids2d, num_visual: int, text_len):
+        if context.geometry.grid is not None:
+            grid = resolve_grid(self.name, context.geometry.grid, num_visual, context.geometry, allow_partial=True)
+        else:
+            grid = None if ids2d is None else self.grid_of(ids2d)
+        context.begin_forward(grid=grid, num_visual=num_visual, text_len=text_len, text_side="first",
+                              timestep=bound.get("timestep"))
+        return context.permutation_for(bound.get("hidden_states").device)
 
 
 class SpargeFluxPipeline(SpargePipelineMixin, FluxPipeline):
@@ -241,4 +138,4 @@ class SpargeFluxPipeline(SpargePipelineMixin, FluxPipeline):
     """
 
 
-__all__ = ["FluxFamily", "SpargeFluxAttnProcessor", "SpargeFluxPipeline", "flux_attention"]
+__all__ = ["FluxFamily", "SpargeFluxAttnProcessor", "SpargeFluxPipeline"]

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import MochiPipeline
 
-from sparge_diffusers.integration import SpargeContext, SpargeProcessor
+from sparge_diffusers import sparse_call
+from sparge_diffusers.context import SpargeContext
+from sparge_diffusers.processor import SpargeProcessor
 
 from ._base import BoundArguments, Family, SpargePipelineMixin, boundary_permutation, resolve_grid, revert_output_hook
 
@@ -78,8 +80,9 @@ def mochi_attention(proc: SpargeProcessor, attn, hidden_states: torch.Tensor, en
     batch_size, heads, _, _ = query.shape
 
     # the only change: the attention call (per sample, as in the stock processor)
-    policy = proc.policy(attn)
-    timer = proc.start_timer(query.device)
+    layer = proc.layer(attn)
+    policy = sparse_call.layer_policy(layer)
+    timer = sparse_call.start_timer(layer, query.device)
     sparsities, backend = [], None
     attn_outputs = []
     for idx in range(batch_size):
@@ -95,10 +98,10 @@ def mochi_attention(proc: SpargeProcessor, attn, hidden_states: torch.Tensor, en
         valid_value = torch.cat([value[idx : idx + 1], valid_encoder_value], dim=2)
 
         if policy == "sparse":
-            valid_text = valid_query.size(2) - sequence_length
-            keep = proc.keep_ranges(sequence_length, sequence_length + proc.context.text_keep_len(valid_text))
-            attn_output, sparsity, backend = proc.sparse(valid_query, valid_key, valid_value, layout="BHSD",
-                                                         keep_ranges=keep, visual_offset=0)
+            text = sparse_call.text_range(layer, valid_query.size(2), hint=(sequence_length, valid_query.size(2)))
+            keep = sparse_call.keep_ranges_for(layer, *text)
+            attn_output, sparsity, backend = sparse_call.attend(valid_query, valid_key, valid_value, layer=layer,
+                                                                layout="BHSD", keep_ranges=keep, visual_offset=0)
             sparsities.append(sparsity)
         else:
             attn_output = F.scaled_dot_product_attention(
@@ -109,7 +112,7 @@ def mochi_attention(proc: SpargeProcessor, attn, hidden_states: torch.Tensor, en
         attn_outputs.append(attn_output)
 
     hidden_states = torch.cat(attn_outputs, dim=0)
-    proc.record(attn, timer, policy=policy, sparsities=sparsities, backend=backend, batch=batch_size, heads=heads,
+    sparse_call.record(layer, timer, policy=policy, sparsities=sparsities, backend=backend, batch=batch_size, heads=heads,
                 seq_len=total_length, text_len=encoder_sequence_length)
     hidden_states = hidden_states.transpose(1, 2).flatten(2, 3)
 
@@ -141,10 +144,12 @@ class MochiFamily(Family):
     """``MochiTransformer3DModel`` of diffusers 0.42."""
 
     name = "mochi"
+    uses_dispatch = False
     processor_class = SpargeMochiAttnProcessor
+    text_side = "last"
 
     transformer_path = "diffusers:MochiTransformer3DModel"
-    attention_path = "diffusers.models.attention_processor:MochiAttention"
+    attention_paths = ("diffusers.models.attention_processor:MochiAttention",)
     stock_processor_paths = ("diffusers.models.attention_processor:MochiAttnProcessor2_0",)
 
     @staticmethod
@@ -161,7 +166,7 @@ class MochiFamily(Family):
         grid = resolve_grid(self.name, grid, num_visual, context.geometry)
         mask = bound.get("encoder_attention_mask")
         text_len = None if mask is None else mask.shape[-1]
-        context.begin_forward(grid=grid, num_visual=num_visual, text_len=text_len, text_first=False,
+        context.begin_forward(grid=grid, num_visual=num_visual, text_len=text_len, text_side="last",
                               timestep=bound.get("timestep"))
         perm = boundary_permutation(context, hidden_states.device)
         context.current.permutation = perm

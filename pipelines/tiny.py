@@ -30,7 +30,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
-from . import FAMILIES
+from . import FAMILIES, PIPELINE_FAMILIES
 
 TEXT_LEN = 16
 TEXT_DIM = 32
@@ -38,8 +38,16 @@ POOLED_DIM = 32
 HEADS = 2
 HEAD_DIM = 64
 
-# latent grids after patching of the default call sizes (see the table above)
-TINY_GRIDS: Dict[str, Tuple[int, ...]] = {"cogvideox": (3, 16, 20), "mochi": (3, 12, 16), "flux": (32, 24)}
+# latent grids after patching of the default call sizes (see the table above); the dispatch families have tiny
+# transformers only (`tiny_transformer`, `transformer_inputs`)
+TINY_GRIDS: Dict[str, Tuple[int, ...]] = {
+    "cogvideox": (3, 16, 20), "mochi": (3, 12, 16), "flux": (32, 24),
+    "wan": (3, 12, 16), "hunyuan_video": (3, 12, 16), "hunyuan_video15": (3, 12, 16), "ltx": (3, 12, 16),
+    "qwenimage": (24, 32), "flux2": (24, 32),
+}
+# variants of the tiny transformers: Wan "1.3b" (default), "14b" (more heads and a wider MLP, same structure),
+# "i2v" (image K/V in the cross-attention, 36 input channels), "ti2v" (Wan 2.2 5B: per-token timesteps)
+VARIANTS: Dict[str, Tuple[str, ...]] = {"cogvideox": ("rope", "sincos", "1.5"), "wan": ("1.3b", "14b", "i2v", "ti2v")}
 
 TINY_SIZES: Dict[str, Dict[str, int]] = {
     "cogvideox": {"height": 128, "width": 160, "num_frames": 9},
@@ -50,15 +58,16 @@ TINY_SIZES: Dict[str, Dict[str, int]] = {
 COGVIDEOX_VARIANTS = ("rope", "sincos", "1.5")
 
 
-def _check_family(family: str) -> str:
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+def _check_family(family: str, pipelines_only: bool = False) -> str:
+    allowed = PIPELINE_FAMILIES if pipelines_only else FAMILIES
+    if family not in allowed:
+        raise ValueError(f"family must be one of {allowed}, got {family!r}")
     return family
 
 
 def tiny_call_size(family: str) -> Dict[str, int]:
     """The default ``height`` / ``width`` (/ ``num_frames`` for video) keyword arguments of a tiny pipeline call."""
-    return dict(TINY_SIZES[_check_family(family)])
+    return dict(TINY_SIZES[_check_family(family, pipelines_only=True)])
 
 
 def tiny_transformer(family: str, *, variant: Optional[str] = None, seed: int = 0, device="cpu",
@@ -75,6 +84,10 @@ def tiny_transformer(family: str, *, variant: Optional[str] = None, seed: int = 
         torch.manual_seed(seed)
         if family == "cogvideox":
             transformer = _cogvideox_transformer(variant or "rope", num_layers or 2)
+        elif family == "wan":
+            transformer = _wan_transformer(variant or "1.3b", num_layers or 2)
+        elif family in _DISPATCH_BUILDERS and variant is None:
+            transformer = _DISPATCH_BUILDERS[family](num_layers)
         elif variant is not None:
             raise ValueError(f"variant is for cogvideox only, got variant={variant!r} for {family}")
         elif family == "mochi":
@@ -97,6 +110,73 @@ def tiny_transformer(family: str, *, variant: Optional[str] = None, seed: int = 
                 pooled_projection_dim=POOLED_DIM, axes_dims_rope=(16, 24, 24),
             )
     return transformer.to(device=device, dtype=dtype).eval()
+
+
+def _wan_transformer(variant: str, num_layers: int):
+    from diffusers import WanTransformer3DModel
+
+    if variant not in VARIANTS["wan"]:
+        raise ValueError(f"Wan variant must be one of {VARIANTS['wan']}, got {variant!r}")
+    heads = 3 if variant == "14b" else HEADS
+    i2v = variant == "i2v"
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=128, in_channels=36 if i2v else 16,
+        out_channels=16, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=256 if variant == "14b" else 128,
+        num_layers=num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        image_dim=TEXT_DIM if i2v else None, added_kv_proj_dim=heads * 128 if i2v else None, rope_max_seq_len=256,
+    )
+
+
+def _hunyuan_video(num_layers):
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    return HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=HEADS, attention_head_dim=128, num_layers=num_layers or 1,
+        num_single_layers=1, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1, guidance_embeds=True,
+        text_embed_dim=TEXT_DIM, pooled_projection_dim=POOLED_DIM, rope_axes_dim=(16, 56, 56),
+    )
+
+
+def _hunyuan_video15(num_layers):
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    return HunyuanVideo15Transformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=HEADS, attention_head_dim=128, num_layers=num_layers or 2,
+        num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1, text_embed_dim=TEXT_DIM,
+        text_embed_2_dim=TEXT_DIM, image_embed_dim=TEXT_DIM, rope_axes_dim=(16, 56, 56), task_type="t2v",
+    )
+
+
+def _ltx(num_layers):
+    from diffusers import LTXVideoTransformer3DModel
+
+    return LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, num_attention_heads=HEADS, attention_head_dim=64, cross_attention_dim=128,
+        num_layers=num_layers or 2, caption_channels=TEXT_DIM,
+    )
+
+
+def _qwenimage(num_layers):
+    from diffusers import QwenImageTransformer2DModel
+
+    return QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=num_layers or 2, attention_head_dim=128,
+        num_attention_heads=HEADS, joint_attention_dim=TEXT_DIM, axes_dims_rope=(16, 56, 56),
+    )
+
+
+def _flux2(num_layers):
+    from diffusers import Flux2Transformer2DModel
+
+    return Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=num_layers or 1, num_single_layers=1, attention_head_dim=128,
+        num_attention_heads=HEADS, joint_attention_dim=TEXT_DIM, timestep_guidance_channels=32,
+        axes_dims_rope=(32, 32, 32, 32),
+    )
+
+
+_DISPATCH_BUILDERS = {"hunyuan_video": _hunyuan_video, "hunyuan_video15": _hunyuan_video15, "ltx": _ltx,
+                      "qwenimage": _qwenimage, "flux2": _flux2}
 
 
 def _cogvideox_transformer(variant: str, num_layers: int):
@@ -124,7 +204,7 @@ def tiny_pipeline(family: str, *, device="cpu", dtype: torch.dtype = torch.float
         prompt, so the default call runs a CFG batch of 2; Mochi's two prompts have different valid lengths). Call
         ``pipe(**call_kwargs, num_inference_steps=2, **tiny_call_size(family), output_type="np")``.
     """
-    _check_family(family)
+    _check_family(family, pipelines_only=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         if family == "cogvideox":
@@ -222,7 +302,7 @@ def tiny_prompt_embeds(pipe, family: Optional[str], prompts: Union[str, Sequence
     """
     transformer = getattr(pipe, "transformer", pipe)
     family = family or _family_of(transformer)
-    _check_family(family)
+    _check_family(family, pipelines_only=True)
     config = transformer.config
     param = next(transformer.parameters())
     device = param.device if device is None else device
@@ -280,6 +360,9 @@ def transformer_inputs(transformer, grid: Sequence[int], *, batch_size: int = 1,
     def randn(*shape):
         return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
 
+    if family in _DISPATCH_INPUTS:
+        return _DISPATCH_INPUTS[family](transformer, tuple(grid), batch_size, text_lens, timestep, randn, device,
+                                        dtype)
     if family == "flux":
         h, w = grid
         from diffusers import FluxPipeline
@@ -329,8 +412,102 @@ def transformer_inputs(transformer, grid: Sequence[int], *, batch_size: int = 1,
     }
 
 
+def _text_mask(batch_size: int, length: int, text_lens, device) -> torch.Tensor:
+    lens = [length] * batch_size if text_lens is None else list(text_lens)
+    if len(lens) != batch_size:
+        raise ValueError(f"text_lens must have batch_size={batch_size} entries, got {lens}")
+    return (torch.arange(length)[None, :] < torch.tensor(lens)[:, None]).to(device)
+
+
+def _wan_inputs(transformer, grid, batch_size, text_lens, timestep, randn, device, dtype):
+    config = transformer.config
+    t, h, w = grid
+    p_t, p_h, p_w = config.patch_size
+    i2v = config.image_dim is not None
+    text_len = 512 if i2v else TEXT_LEN  # Wan's I2V processor takes the last 512 context tokens as the text
+    inputs = {
+        "hidden_states": randn(batch_size, config.in_channels, t * p_t, h * p_h, w * p_w),
+        "encoder_hidden_states": randn(batch_size, text_len, config.text_dim),
+        "timestep": torch.full((batch_size,), timestep, device=device, dtype=dtype),
+        "return_dict": False,
+    }
+    if i2v:
+        inputs["encoder_hidden_states_image"] = randn(batch_size, 17, config.image_dim)
+    return inputs
+
+
+def _hunyuan_inputs(transformer, grid, batch_size, text_lens, timestep, randn, device, dtype):
+    config = transformer.config
+    t, h, w = grid
+    p, p_t = config.patch_size, config.patch_size_t
+    mask = _text_mask(batch_size, TEXT_LEN, text_lens, device)
+    inputs = {
+        "hidden_states": randn(batch_size, config.in_channels, t * p_t, h * p, w * p),
+        "timestep": torch.full((batch_size,), timestep, device=device, dtype=dtype),
+        "encoder_hidden_states": randn(batch_size, TEXT_LEN, config.text_embed_dim),
+        "encoder_attention_mask": mask,
+        "return_dict": False,
+    }
+    if "pooled_projection_dim" in config:
+        inputs["pooled_projections"] = randn(batch_size, config.pooled_projection_dim)
+        inputs["guidance"] = torch.full((batch_size,), 6000.0, device=device, dtype=dtype)
+    else:  # HunyuanVideo 1.5: ByT5 text (8 tokens, all valid) and image tokens (zeros: text-to-video)
+        inputs["encoder_hidden_states_2"] = randn(batch_size, 8, config.text_embed_2_dim)
+        inputs["encoder_attention_mask_2"] = torch.ones(batch_size, 8, dtype=torch.bool, device=device)
+        inputs["image_embeds"] = torch.zeros(batch_size, 4, config.image_embed_dim, device=device, dtype=dtype)
+    return inputs
+
+
+def _ltx_inputs(transformer, grid, batch_size, text_lens, timestep, randn, device, dtype):
+    config = transformer.config
+    t, h, w = grid
+    return {
+        "hidden_states": randn(batch_size, t * h * w, config.in_channels),
+        "encoder_hidden_states": randn(batch_size, TEXT_LEN, config.caption_channels),
+        "timestep": torch.full((batch_size,), timestep, device=device, dtype=dtype),
+        "encoder_attention_mask": _text_mask(batch_size, TEXT_LEN, text_lens, device).to(dtype),
+        "num_frames": t, "height": h, "width": w,
+        "return_dict": False,
+    }
+
+
+def _qwen_inputs(transformer, grid, batch_size, text_lens, timestep, randn, device, dtype):
+    config = transformer.config
+    h, w = grid
+    return {
+        "hidden_states": randn(batch_size, h * w, config.in_channels),
+        "encoder_hidden_states": randn(batch_size, TEXT_LEN, config.joint_attention_dim),
+        "encoder_hidden_states_mask": _text_mask(batch_size, TEXT_LEN, text_lens, device).to(dtype),
+        "timestep": torch.full((batch_size,), timestep / 1000.0, device=device, dtype=dtype),
+        "img_shapes": [[(1, h, w)]] * batch_size,
+        "return_dict": False,
+    }
+
+
+def _flux2_inputs(transformer, grid, batch_size, text_lens, timestep, randn, device, dtype):
+    config = transformer.config
+    h, w = grid
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    zeros = torch.zeros_like(rows)
+    img_ids = torch.stack([zeros, rows, cols, zeros], -1).reshape(-1, 4)
+    txt_ids = torch.stack([torch.zeros(TEXT_LEN), torch.zeros(TEXT_LEN), torch.zeros(TEXT_LEN),
+                           torch.arange(TEXT_LEN)], -1)
+    return {
+        "hidden_states": randn(batch_size, h * w, config.in_channels),
+        "encoder_hidden_states": randn(batch_size, TEXT_LEN, config.joint_attention_dim),
+        "timestep": torch.full((batch_size,), timestep / 1000.0, device=device, dtype=dtype),
+        "img_ids": img_ids.to(device=device, dtype=dtype), "txt_ids": txt_ids.to(device=device, dtype=dtype),
+        "guidance": torch.full((batch_size,), 3.5, device=device, dtype=dtype),
+        "return_dict": False,
+    }
+
+
+_DISPATCH_INPUTS = {"wan": _wan_inputs, "hunyuan_video": _hunyuan_inputs, "hunyuan_video15": _hunyuan_inputs,
+                    "ltx": _ltx_inputs, "qwenimage": _qwen_inputs, "flux2": _flux2_inputs}
+
+
 def _family_of(transformer) -> str:
-    from . import family_for
+    from sparge_diffusers.family import family_for
 
     return family_for(getattr(transformer, "_orig_mod", transformer)).name
 

@@ -85,7 +85,7 @@ def test_first_layer_sees_hilbert_ordered_tokens(monkeypatch):
     Hilbert order (text rows in place)."""
     from sparge_diffusers.hilbert import hilbert_order
 
-    import sparge_diffusers.integration as integration
+    import sparge_diffusers.sparse_call as integration
 
     seen = []
     real = integration.sparge_attn

@@ -6,7 +6,7 @@ import torch
 from sparge_diffusers.kernels.reference import cosine_similarity
 from sparge_diffusers.pipelines.tiny import TINY_GRIDS, tiny_transformer, transformer_inputs
 
-import sparge_diffusers.integration as integration
+import sparge_diffusers.sparse_call as integration
 from sparge_diffusers import SpargeConfig, SpargeGeometry, apply_sparge, get_sparge_stats, remove_sparge
 from sparge_diffusers.integration import get_sparge_context
 

@@ -1,0 +1,53 @@
+"""Wan 2.1 / 2.2 (T2V, I2V, TI2V): token geometry and the wrapped pipelines (diffusers 0.42); attention goes
+through the Sparge backend.
+
+Token layout of ``WanTransformer3DModel``: ``hidden_states: [B, C, F, H, W]`` is patched by a Conv3d with
+``patch_size = (p_t, p_h, p_w)`` and flattened row-major over the grid ``(F / p_t, H / p_h, W / p_w)``. Each block
+runs self-attention over the video tokens (``attn1``, with RoPE from ``rope``) and cross-attention from the video to
+the text (``attn2``; for I2V the image tokens of ``encoder_hidden_states_image`` enter ``attn2`` through added K/V
+projections). Only ``attn1`` is sparse: the cross-attention keys are a few hundred text / image tokens.
+
+Boundary reorder: forward hooks on ``rope`` (cos and sin, ``[1, N, 1, D]``) and a pre-hook on ``blocks.0``
+(``hidden_states``) permute the video tokens; Wan 2.2 TI2V's per-token time embeddings (``condition_embedder``
+outputs ``temb`` / ``timestep_proj`` of shape ``[B, N, ...]``) move with them; a forward hook on ``proj_out``
+restores row-major order before the unpatchify reshape. Wan 2.2 A14B pipelines carry a second transformer
+(``transformer_2``): the wrapped pipelines put Sparge on both.
+"""
+
+from __future__ import annotations
+
+from diffusers import WanImageToVideoPipeline, WanPipeline
+
+from ._base import Boundary, Family, SpargePipelineMixin, video_grid
+
+
+class WanFamily(Family):
+    """``WanTransformer3DModel`` of diffusers 0.42 (Wan 2.1 1.3B / 14B T2V and I2V, Wan 2.2)."""
+
+    name = "wan"
+    text_side = "none"
+    transformer_path = "diffusers:WanTransformer3DModel"
+    attention_paths = ("diffusers.models.transformers.transformer_wan:WanAttention",)
+    stock_processor_paths = ("diffusers.models.transformers.transformer_wan:WanAttnProcessor",)
+    dense_module_suffixes = ("attn2",)
+    entry = (
+        Boundary("rope", "output", dim=1),
+        Boundary("blocks.0", "input", names=("hidden_states",), dim=1),
+        Boundary("condition_embedder", "output", items=(0, 1), dim=1, min_ndim=3),
+    )
+    exit = (Boundary("proj_out"),)
+
+    def grid(self, transformer, bound):
+        p_t, p_h, _ = transformer.config.patch_size
+        return video_grid(transformer, bound.get("hidden_states"), p_t, p_h)
+
+
+class SpargeWanPipeline(SpargePipelineMixin, WanPipeline):
+    """``WanPipeline`` (diffusers 0.42) with Sparge attention on ``transformer`` (and ``transformer_2``, Wan 2.2)."""
+
+
+class SpargeWanImageToVideoPipeline(SpargePipelineMixin, WanImageToVideoPipeline):
+    """``WanImageToVideoPipeline`` (diffusers 0.42) with Sparge attention."""
+
+
+__all__ = ["SpargeWanImageToVideoPipeline", "SpargeWanPipeline", "WanFamily"]

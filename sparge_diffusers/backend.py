@@ -1,0 +1,322 @@
+"""The ``"sparge"`` attention backend of diffusers' attention dispatch (``diffusers.models.attention_dispatch``).
+
+After ``import sparge_diffusers`` (with a supported diffusers installed), diffusers' own API accepts it::
+
+    transformer.set_attention_backend("sparge")          # every attention module of that model
+    with attention_backend("sparge"): ...               # the active backend, for processors without one
+
+`apply_sparge` sets it on the sparse-eligible attention modules of one transformer and installs the family's hooks,
+which give the backend the geometry (text range, step, dense policies, layer index) through the active-layer slot of
+`sparge_diffusers.context`. Called outside `apply_sparge` the backend uses ``SpargeConfig()`` without text
+protection or reorder (logged once).
+
+Registration (`register_sparge_backend`): diffusers' backend enum ``AttentionBackendName`` is closed, so a new member
+is made the way NVIDIA Model-Optimizer and cache-dit add theirs (``str.__new__`` of the enum, entered in its
+``_member_map_``, ``_value2member_map_`` and ``_member_names_``), and the function is entered with the registry's own
+``_AttentionBackendRegistry.register`` decorator, ``supports_context_parallel=False``. Nothing of diffusers is
+patched or wrapped. The version is checked first (tested with 0.42; `SUPPORTED_DIFFUSERS`); a different version, or
+tables of another shape, log one line and skip, and ``import sparge_diffusers`` never fails because of diffusers.
+
+What the backend honours, and what goes dense (diffusers' native SDPA backend, one log line per reason):
+    - ``is_causal``, ``dropout_p > 0``, grouped-query attention, a parallel config: dense (``"unsupported"``);
+    - ``Sq != Sk`` (cross-attention, e.g. Wan's text cross-attention, image K/V of Wan I2V) or a layer the family
+      marks as not sparse: dense (``"cross"``): short keys, nothing to gain;
+    - a key-padding ``attn_mask`` (bool, or additive with 0 / <= -1e4 values, shaped ``[B, Sk]``, ``[B, 1, Sk]``
+      or ``[B, 1, 1, Sk]``, or a family-declared pair mask ``m[i, j] = valid[i] & valid[j]``): honoured in the
+      sparse path by removing the padded keys (`sparge_attn` never sees them); padded query rows attend to the
+      valid keys, exactly as SDPA with a key-padding mask;
+    - any other mask, or a mask while ``torch.compile`` traces (reading it is data-dependent): dense with the mask
+      (``"masked"``). A mask is never ignored.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from ._logging import log_once as _log_once
+from .context import LayerCall, SpargeContext, active_layer
+from .sparse_call import attend, keep_ranges_for, layer_policy, record, start_timer, text_range
+
+logger = logging.getLogger(__name__)
+
+BACKEND_NAME = "sparge"
+ENUM_NAME = "SPARGE"
+# diffusers releases whose attention dispatch has the tables this module writes into; tested with 0.42
+SUPPORTED_DIFFUSERS = ((0, 36), (0, 43))
+# additive masks: entries at or below this are "not attended" (LTX uses -10000, others -inf)
+MASKED_BELOW = -1e4
+
+_state: Dict[str, object] = {"member": None, "tried": False}
+
+
+def log_once(logger_, key: str, message: str, *args, **kwargs) -> None:
+    """`log_once`, skipped while ``torch.compile`` traces (logging would break the graph)."""
+    if not torch.compiler.is_compiling():
+        _log_once(logger_, key, message, *args, **kwargs)
+
+
+def _parse_version(text: str) -> Tuple[int, int]:
+    parts = []
+    for piece in text.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts + [0] * (2 - len(parts)))  # type: ignore[return-value]
+
+
+def register_sparge_backend(*, force: bool = False):
+    """Register the ``"sparge"`` backend with diffusers' attention dispatch; idempotent.
+
+    Returns:
+        the ``AttentionBackendName`` member, or None when diffusers is missing, its version is not supported (one
+        log line) or its dispatch tables have another shape.
+    """
+    if _state["member"] is not None:
+        return _state["member"]
+    if _state["tried"] and not force:
+        return None
+    _state["tried"] = True
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            installed = version("diffusers")
+        except PackageNotFoundError:
+            logger.debug("diffusers is not installed; the sparge attention backend is not registered")
+            return None
+        low, high = SUPPORTED_DIFFUSERS
+        if not low <= _parse_version(installed) < high:
+            log_once(logger, "backend-version", "diffusers %s is outside the versions the sparge attention backend "
+                     "supports (>= %d.%d, < %d.%d); not registering it (apply_sparge still works for the models "
+                     "with copied processors)", installed, *low, *high)
+            return None
+        dispatch = importlib.import_module("diffusers.models.attention_dispatch")
+        names = dispatch.AttentionBackendName
+        registry = dispatch._AttentionBackendRegistry
+        needed = ("_backends", "_constraints", "_supported_arg_names", "_supports_context_parallel", "register")
+        if not all(hasattr(registry, name) for name in needed) or not hasattr(names, "_value2member_map_"):
+            log_once(logger, "backend-tables", "diffusers %s: the attention dispatch tables have another shape; the "
+                     "sparge attention backend is not registered", installed)
+            return None
+    except Exception as error:  # a broken diffusers install must not break `import sparge_diffusers`
+        log_once(logger, "backend-import", "the sparge attention backend is not registered: %s: %s",
+                 type(error).__name__, error)
+        return None
+
+    member = names._value2member_map_.get(BACKEND_NAME)
+    if member is None:
+        member = str.__new__(names, BACKEND_NAME)
+        member._name_ = ENUM_NAME
+        member._value_ = BACKEND_NAME
+        names._member_map_[ENUM_NAME] = member
+        names._value2member_map_[BACKEND_NAME] = member
+        if ENUM_NAME not in names._member_names_:
+            names._member_names_.append(ENUM_NAME)
+    registry.register(member, constraints=[], supports_context_parallel=False)(sparge_dispatch_attention)
+    _state["native"] = registry._backends[names.NATIVE]
+    _state["member"] = member
+    logger.debug("registered the sparge attention backend with diffusers %s", installed)
+    return member
+
+
+def sparge_backend_member():
+    """The registered ``AttentionBackendName`` member (registering it if needed), or None."""
+    return register_sparge_backend()
+
+
+def native_backend():
+    """diffusers' native (SDPA) backend function: the dense path of this backend (looked up at registration)."""
+    return _state["native"]
+
+
+_STANDALONE: Dict[str, SpargeContext] = {}
+
+
+def _standalone_layer() -> LayerCall:
+    context = _STANDALONE.get("context")
+    if context is None:
+        from .config import SpargeConfig
+
+        context = _STANDALONE["context"] = SpargeContext(SpargeConfig())
+    log_once(logger, "backend-standalone", "sparge attention backend called outside apply_sparge: SpargeConfig() "
+             "defaults, no text protection, no token reorder (use apply_sparge for the supported models)")
+    return LayerCall(context, -1, None)
+
+
+def sparge_dispatch_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    enable_gqa: bool = False,
+    _parallel_config=None,
+) -> torch.Tensor:
+    """The ``"sparge"`` backend: ``query: [B, Sq, H, D]``, ``key, value: [B, Sk, Hk, D]`` -> ``[B, Sq, H, D]``."""
+    layer = active_layer.call or _standalone_layer()
+    batch, seq_q, heads, _ = query.shape
+    seq_k = key.shape[1]
+    if dropout_p or is_causal or _parallel_config is not None or key.shape[2] != heads:
+        policy = "unsupported"
+        log_once(logger, "backend-unsupported", "sparge backend: is_causal, dropout, grouped-query attention or "
+                 "context parallelism requested; those calls use dense SDPA")
+    elif not layer.sparse or seq_q != seq_k:
+        policy = "cross"
+    else:
+        policy = layer_policy(layer)
+    plan = None
+    if policy == "sparse" and attn_mask is not None:
+        plan = key_padding_plan(attn_mask, batch, seq_q, seq_k, layer.context, pair_ok=layer.context.pair_masks)
+        if plan is None:
+            policy = "masked"
+    timer = start_timer(layer, query.device)
+    text = text_range(layer, seq_q)
+    sparsities, backend = [], None
+    if policy != "sparse":
+        out = native_backend()(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                               scale=scale, enable_gqa=enable_gqa, _parallel_config=_parallel_config)
+    elif plan is None or plan.all_valid:
+        visual_offset = text[1] if text[0] == 0 and text[1] > 0 else 0
+        out, sparsity, backend = attend(query, key, value, layer=layer, layout="BSHD",
+                                        keep_ranges=keep_ranges_for(layer, *text), visual_offset=visual_offset,
+                                        scale=scale)
+        sparsities.append(sparsity)
+    else:
+        out, sparsities, backend = _attend_key_padded(query, key, value, plan, layer, text, scale)
+    record(layer, timer, policy=policy, sparsities=sparsities, backend=backend, batch=batch, heads=heads,
+           seq_len=seq_q, text_len=text[1] - text[0])
+    return out
+
+
+# key-padding masks
+
+
+class _Group:
+    """Samples of a batch that share one set of valid keys."""
+
+    __slots__ = ("samples", "valid", "padded", "compact")
+
+    def __init__(self, samples: torch.Tensor, valid: torch.Tensor, padded: torch.Tensor, compact) -> None:
+        self.samples = samples  # int64 [G] batch indices
+        self.valid = valid  # int64 [V] valid key positions
+        self.padded = padded  # int64 [S - V] padded positions (their query rows attend to the valid keys)
+        self.compact = compact  # list of V host ints, for mapping ranges
+
+
+class KeyPaddingPlan:
+    """A key-padding mask read once: per group of samples, the valid key positions."""
+
+    def __init__(self, groups: List[_Group], seq_len: int) -> None:
+        self.groups = groups
+        self.seq_len = seq_len
+        self.all_valid = len(groups) == 1 and groups[0].padded.numel() == 0
+
+    def compact_range(self, group: _Group, start: int, end: int) -> Tuple[int, int]:
+        """A ``[start, end)`` range of the full sequence in the positions of the valid tokens."""
+        import bisect
+
+        return (bisect.bisect_left(group.compact, start), bisect.bisect_left(group.compact, end))
+
+
+def key_padding_plan(mask: torch.Tensor, batch: int, seq_q: int, seq_k: int, context: SpargeContext,
+                     pair_ok: bool = False) -> Optional[KeyPaddingPlan]:
+    """Read a key-padding ``mask`` (cached per mask tensor within a forward), or None when it is not one (or while
+    compiling: reading the mask is data-dependent)."""
+    if torch.compiler.is_compiling():
+        log_once(logger, "backend-mask-compile", "sparge backend: attention masks are not read under torch.compile; "
+                 "masked calls use dense SDPA there")
+        return None
+    key = (mask.data_ptr(), tuple(mask.shape), mask.dtype, mask._version if not mask.is_inference() else 0)
+    cache = context.mask_cache
+    if key in cache:
+        return cache[key][1]
+    plan = _read_key_padding(mask, batch, seq_q, seq_k, pair_ok)
+    if plan is None:
+        log_once(logger, f"backend-mask-{tuple(mask.shape)}-{mask.dtype}", "sparge backend: an attention mask of "
+                 "shape %s (%s) is not a key-padding mask; those calls use dense SDPA with the mask",
+                 tuple(mask.shape), mask.dtype)
+    if len(cache) >= 16:
+        cache.clear()
+    cache[key] = (mask, plan)  # holding the mask keeps its memory from being reused under the same key
+    return plan
+
+
+def _read_key_padding(mask: torch.Tensor, batch: int, seq_q: int, seq_k: int, pair_ok: bool):
+    m = mask
+    if m.shape[-1] != seq_k or m.ndim not in (2, 3, 4):
+        return None
+    if m.ndim == 4:
+        if m.shape[1] != 1:
+            return None
+        m = m[:, 0]
+    if m.ndim == 3:
+        if m.shape[1] == 1:
+            m = m[:, 0]
+        elif pair_ok and m.shape[1] == seq_q:
+            m = m[:, 0]  # the family declares m[i, j] = valid[i] & valid[j]; row 0 is a visual (valid) query
+        else:
+            return None
+    if m.shape[0] not in (1, batch):
+        return None
+    m = m.detach()
+    if m.dtype == torch.bool:
+        valid = m
+    else:
+        valid = m == 0
+        if not bool(((m == 0) | (m <= MASKED_BELOW)).all()):
+            return None  # a bias mask, not a padding mask
+    valid = valid.expand(batch, seq_k).cpu()
+    groups: List[_Group] = []
+    seen: Dict[bytes, int] = {}
+    members: List[List[int]] = []
+    for b in range(batch):
+        row = valid[b]
+        signature = row.numpy().tobytes()
+        if signature not in seen:
+            seen[signature] = len(members)
+            members.append([])
+        members[seen[signature]].append(b)
+    device = mask.device
+    for samples in members:
+        row = valid[samples[0]]
+        if not bool(row.any()):
+            return None  # a sample with no valid key: leave it to SDPA's own semantics
+        valid_idx = torch.nonzero(row).flatten()
+        padded_idx = torch.nonzero(~row).flatten()
+        groups.append(_Group(torch.tensor(samples, device=device), valid_idx.to(device), padded_idx.to(device),
+                             valid_idx.tolist()))
+    return KeyPaddingPlan(groups, seq_k)
+
+
+def _attend_key_padded(query, key, value, plan: KeyPaddingPlan, layer: LayerCall, text, scale):
+    """Sparse attention over the valid keys of each group; padded query rows attend densely to the valid keys."""
+    out = torch.empty_like(query)
+    sparsities, backend = [], None
+    whole_batch = len(plan.groups) == 1
+    for group in plan.groups:
+        q, k, v = (x if whole_batch else x.index_select(0, group.samples) for x in (query, key, value))
+        q_valid, k_valid, v_valid = (x.index_select(1, group.valid) for x in (q, k, v))
+        start, end = plan.compact_range(group, *text)
+        visual_offset = end if start == 0 and end > 0 else 0
+        part, sparsity, backend = attend(q_valid, k_valid, v_valid, layer=layer, layout="BSHD",
+                                         keep_ranges=keep_ranges_for(layer, start, end), visual_offset=visual_offset,
+                                         scale=scale)
+        sparsities.append(sparsity)
+        rows = torch.empty_like(q)
+        rows.index_copy_(1, group.valid, part.to(q.dtype))
+        if group.padded.numel():
+            pad = native_backend()(q.index_select(1, group.padded), k_valid, v_valid, scale=scale)
+            rows.index_copy_(1, group.padded, pad.to(q.dtype))
+        if whole_batch:
+            out = rows
+        else:
+            out.index_copy_(0, group.samples, rows)
+    return out, sparsities, backend
+
+
+__all__ = ["BACKEND_NAME", "SUPPORTED_DIFFUSERS", "register_sparge_backend", "sparge_dispatch_attention"]

@@ -1,0 +1,158 @@
+"""The step context shared by the Sparge attention layers of one transformer: the config (stored here, once), the
+geometry of the current forward, the denoising step, the statistics, and which layer is calling right now.
+
+Two ways a layer reaches its context: a copied processor holds it (CogVideoX, Mochi); a layer that goes through
+diffusers' attention dispatch is announced by a forward pre-hook on its attention module, which sets the ACTIVE
+LAYER slot (`active_layer`) that the Sparge backend reads (the backend receives only q, k, v and the mask).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+
+from .config import SpargeConfig
+from .geometry import ForwardGeometry, SpargeGeometry
+
+REORDER_AT = ("boundary", "layer")
+
+
+class SpargeContext:
+    """State shared by the Sparge attention layers of one transformer: config, geometry of the current forward, stats.
+
+    Step index: the geometry hook reads the first timestep of each forward. A timestep equal to the previous one is the
+    same step (a second forward for true CFG), one that moves in the denoising direction (down, as diffusers 0.42
+    pipelines call their transformers) is the next step, and one that moves back up starts a new generation at
+    step 0. The wrapped pipelines also restart the counter at the start of every call (`begin_call`). A fixed
+    ``SpargeGeometry.step`` overrides all of this. Without ``dense_steps`` and statistics the step is not needed and
+    not counted (reading the timestep would synchronize a GPU once per forward).
+    """
+
+    def __init__(self, config: SpargeConfig, *, collect_stats: bool = False, geometry: Optional[SpargeGeometry] = None,
+                 reorder_at: str = "boundary", family: Optional[str] = None) -> None:
+        from .run_stats import SpargeRunStats
+
+        if not isinstance(config, SpargeConfig):
+            raise ValueError(f"config must be a SpargeConfig or None, got {type(config).__name__}")
+        if geometry is not None and not isinstance(geometry, SpargeGeometry):
+            raise ValueError(f"geometry must be a SpargeGeometry or None, got {type(geometry).__name__}")
+        if reorder_at not in REORDER_AT:
+            raise ValueError(f"reorder_at must be one of {REORDER_AT}, got {reorder_at!r}")
+        self.config = config
+        self.collect_stats = bool(collect_stats)
+        self.geometry = geometry or SpargeGeometry()
+        self.reorder_at = reorder_at
+        self.family = family
+        self.stats = SpargeRunStats()
+        self.current = ForwardGeometry()
+        self.layer_ids: Dict[int, int] = {}
+        self.seen_text_len: Optional[int] = None
+        self.mask_cache: dict = {}
+        self.pair_masks = False  # the family's masks are pair masks m[i, j] = valid[i] & valid[j] (HunyuanVideo 1.5)
+        self._last_timestep: Optional[float] = None
+
+    @property
+    def reorder_kind(self) -> str:
+        """Token order kind for ``config.reorder``: ``"hilbert"`` or ``"rowmajor"`` (identity)."""
+        return "hilbert" if self.config.reorder == "hilbert" else "rowmajor"
+
+    def text_keep_len(self, text_len: int) -> int:
+        """Text tokens to keep of a text segment of ``text_len`` tokens (``SpargeGeometry.text_len`` clips it)."""
+        return text_len if self.geometry.text_len is None else min(text_len, self.geometry.text_len)
+
+    def collecting(self) -> bool:
+        return self.collect_stats and not torch.compiler.is_compiling()
+
+    def begin_call(self) -> None:
+        """A new pipeline call: the next forward is step 0."""
+        self._last_timestep = None
+
+    def begin_forward(self, *, grid, num_visual: int, text_len: Optional[int], text_side: str, timestep) -> None:
+        """Called by the geometry hook at the start of every transformer forward."""
+        cur = self.current
+        cur.forward_index += 1
+        cur.active = True
+        cur.grid = grid
+        cur.num_visual = num_visual
+        cur.text_len = text_len
+        cur.text_side = text_side
+        self._advance_step(timestep)
+        cur.dense_step = cur.step < self.config.dense_steps
+        cur.permutation = None
+        cur.entry_permutation = None
+        if self.mask_cache:
+            self.mask_cache = {}
+
+    def _advance_step(self, timestep) -> None:
+        cur = self.current
+        if self.geometry.step is not None:
+            cur.step = self.geometry.step
+            return
+        if self.config.dense_steps == 0 and not self.collecting():
+            return  # nobody needs the step: skip reading the timestep (a device-to-host sync on a GPU)
+        value = _read_first_value(timestep)
+        last = self._last_timestep
+        if last is None or value is None:
+            if last is not None or cur.forward_index > 0:
+                cur.generation += 1
+            cur.step = 0
+        elif value > last:
+            cur.generation += 1
+            cur.step = 0
+        elif value < last:
+            cur.step += 1
+        self._last_timestep = value
+
+    def permutation_for(self, device):
+        """The boundary order of the visual tokens for the current grid, or None (row-major kept)."""
+        from .token_order import BoundaryOrder
+
+        cur = self.current
+        if cur.grid is None or self.reorder_kind == "rowmajor" or self.reorder_at != "boundary":
+            return None
+        return BoundaryOrder(cur.grid, self.reorder_kind, cur.num_visual, device)
+
+    def layer_index(self, key) -> int:
+        """Layer index of an attention module without a fixed one (standalone processors): order of first call."""
+        return self.layer_ids.setdefault(id(key), len(self.layer_ids))
+
+
+@torch.compiler.disable
+def _read_first_value(timestep) -> Optional[float]:
+    # a device-to-host read: kept out of compiled graphs (only with dense_steps, stats or no fixed step)
+    if timestep is None:
+        return None
+    if isinstance(timestep, torch.Tensor):
+        return float(timestep.detach().flatten()[0]) if timestep.numel() else None
+    try:
+        return float(timestep)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class LayerCall:
+    """One attention layer as the Sparge backend sees it: its context, index and module path, and whether it is a
+    layer where sparse attention pays (visual self-attention or joint attention), set by the family."""
+
+    context: SpargeContext
+    index: int
+    name: Optional[str]
+    sparse: bool = True
+    text_hint: Optional[tuple] = None  # standalone processors only: (start, end) of the text when no hook ran
+
+
+class _ActiveLayer:
+    """The layer whose attention is being computed (set by the attention module's pre-hook, cleared after)."""
+
+    __slots__ = ("call",)
+
+    def __init__(self) -> None:
+        self.call: Optional[LayerCall] = None
+
+
+active_layer = _ActiveLayer()
+
+__all__ = ["REORDER_AT", "LayerCall", "SpargeContext", "active_layer"]
