@@ -102,9 +102,23 @@ def config_from_args(args: argparse.Namespace) -> SpargeConfig:
         return SpargeConfig(topk=topk, cdf_threshold=args.cdf_threshold, target_error=args.target_error,
                             predictor=args.predictor, sim_threshold=resolve_sim_threshold(args.sim_threshold, model),
                             pv_threshold=args.pv_threshold, precision=args.precision, reorder=args.reorder,
-                            dense_steps=args.dense_steps, block_n=resolve_block_n(args.block_n, model))
+                            dense_steps=args.dense_steps, block_n=resolve_block_n(args.block_n, model),
+                            calibration=_calibration_path(getattr(args, "calibration", None)))
     except ValueError as error:
         raise UsageError(str(error)) from None
+
+
+def _calibration_path(path: Optional[str]) -> Optional[str]:
+    """``--calibration``: checked here so that a bad file is one line before any model is loaded."""
+    if path is None:
+        return None
+    from .calibration import load_calibration
+
+    try:
+        load_calibration(path)
+    except ValueError as error:
+        raise UsageError(f"--calibration: {error}") from None
+    return path
 
 
 def settings_from_args(args: argparse.Namespace, seed: int = 0, family: Optional[str] = None) -> RenderSettings:

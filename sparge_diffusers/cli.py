@@ -11,10 +11,10 @@ import logging
 import sys
 from typing import NoReturn, Optional, Sequence
 
-from . import demo, evaluate, generate, sweep
+from . import calibrate, demo, evaluate, generate, sweep
 from .errors import UsageError
 
-COMMANDS = (demo, generate, evaluate, sweep)
+COMMANDS = (demo, generate, evaluate, sweep, calibrate)
 logger = logging.getLogger(__name__)
 
 

@@ -8,11 +8,12 @@ LAYER slot (`active_layer`) that the Sparge backend reads (the backend receives 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import torch
 
+from .budget_guard import BudgetGuard
 from .config import SpargeConfig
 from .geometry import ForwardGeometry, SpargeGeometry
 
@@ -50,6 +51,7 @@ class SpargeContext:
         self.layer_ids: Dict[int, int] = {}
         self.seen_text_len: Optional[int] = None
         self.mask_cache: dict = {}
+        self.calibration_recorder = None  # a `CalibrationRecorder` while `sparge-diffusers calibrate` runs
         self.pair_masks = False  # the family's masks are pair masks m[i, j] = valid[i] & valid[j] (HunyuanVideo 1.5)
         self._last_timestep: Optional[float] = None
 
@@ -142,6 +144,7 @@ class LayerCall:
     name: Optional[str]
     sparse: bool = True
     text_hint: Optional[tuple] = None  # standalone processors only: (start, end) of the text when no hook ran
+    guard: BudgetGuard = field(default_factory=BudgetGuard)  # the error budget's drop masses across calls
 
 
 class _ActiveLayer:

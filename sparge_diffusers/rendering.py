@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -151,7 +151,8 @@ def _call(model: LoadedModel, kwargs: dict, seed: int, step_times: Optional[list
 
 
 def render(model: LoadedModel, prompt: str, settings: RenderSettings, config: Optional[SpargeConfig], *,
-           warmup: bool = False, label: Optional[str] = None) -> Render:
+           warmup: bool = False, label: Optional[str] = None,
+           prepare: Optional[Callable[[object], None]] = None) -> Render:
     """Render ``prompt`` dense (``config=None``) or with Sparge attention, timing the pipeline call.
 
     Args:
@@ -159,6 +160,7 @@ def render(model: LoadedModel, prompt: str, settings: RenderSettings, config: Op
             the family's smallest step count), so one-time costs (kernel compilation, allocator growth, lazy imports)
             stay out of the measured time.
         label: progress bar description (bars are shown when the model was loaded with ``progress=True``).
+        prepare: called with the pipeline once Sparge is applied (e.g. to attach a calibration recorder).
     """
     from . import apply_sparge, get_sparge_stats, remove_sparge
     from .integration import begin_sparge_call
@@ -167,6 +169,8 @@ def render(model: LoadedModel, prompt: str, settings: RenderSettings, config: Op
     kwargs = {**settings.call_kwargs(model), **model.prompt_kwargs(prompt)}
     if config is not None:
         apply_sparge(pipe, config, collect_stats=True)
+        if prepare is not None:
+            prepare(pipe)
     try:
         if warmup:
             steps = kwargs.get("num_inference_steps")

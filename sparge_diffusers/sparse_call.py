@@ -85,10 +85,14 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer: LayerCal
         perm = _layer_permutation(layer, visual_offset, q.shape[seq_dim], q.device)
     if perm is not None:
         q, k, v = (perm.apply(x, dim=seq_dim) for x in (q, k, v))
-    want_stats = context.collecting()
+    recorder = context.calibration_recorder
+    want_stats = context.collecting() or recorder is not None
     result = sparge_attn(q, k, v, config=context.config, layout=layout, keep_ranges=keep_ranges, scale=scale,
-                         return_stats=want_stats)
+                         return_stats=want_stats, layer=layer.index,
+                         guard=None if recorder is not None else layer.guard)
     out, stats = result if want_stats else (result, None)
+    if recorder is not None and stats is not None and stats.drop_mass is not None:
+        recorder.add(layer.index, stats.drop_mass)
     if perm is not None:
         out = perm.revert(out, dim=seq_dim)
     if stats is None:
