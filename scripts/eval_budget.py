@@ -139,7 +139,11 @@ def main(argv=None) -> int:
     parser.add_argument("--frame-cache", default=None)
     parser.add_argument("--write-frame-cache", default=None)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--summarize", default=None, help="only print the summary of an existing CSV")
     args = parser.parse_args(argv)
+    if args.summarize:
+        summarize(read_rows(args.summarize))
+        return 0
     if args.frame_cache:
         video_inputs.use_frame_cache(torch.load(args.frame_cache))
     if args.write_frame_cache:
@@ -149,6 +153,11 @@ def main(argv=None) -> int:
         return 0
     rows = []
     t0 = time.time()
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    handle = open(args.out, "w", newline="")
+    writer = csv.DictWriter(handle, fieldnames=FIELDS)
+    writer.writeheader()
+    written = 0
     for family, style, geo, q0, k0, v0, keep in inputs(args):
         for order in args.orders:
             if geo.name.startswith("trained") and order != args.orders[0]:
@@ -169,15 +178,24 @@ def main(argv=None) -> int:
                                  heads=q.shape[1], predictor="oracle", setting=f"best<={bound}", eps="",
                                  sparsity=round(E.best_sparsity(ideal_err, ideal_sp, bound)[0], 4), rel_l1="",
                                  oracle_at_eps="", oracle_at_actual="", tuning=tuning))
+            writer.writerows(rows[written:])
+            handle.flush()
+            written = len(rows)
             print(f"[{time.time() - t0:7.1f}s] {family:13s} {style:14s} {geo.name:10s} {order:8s} S={q.shape[2]}",
                   flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    handle.close()
     summarize(rows)
     return 0
+
+
+def read_rows(path):
+    rows = []
+    with open(path) as handle:
+        for row in csv.DictReader(handle):
+            for key in ("sparsity", "rel_l1", "oracle_at_eps", "oracle_at_actual", "eps"):
+                row[key] = float(row[key]) if row[key] not in ("", None) else ""
+            rows.append(row)
+    return rows
 
 
 def summarize(rows):

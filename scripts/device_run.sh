@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One device call: install the carried wheels and this checkout, then run the named parts, logging under $OUT.
+# Parts: tests (GPU suite), crossover, budget-cost, budget-eval, e2e. Usage: bash scripts/device_run.sh tests budget-eval
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+if ! python3 -c "import sparge_diffusers, diffusers" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1 || { echo "install failed"; exit 1; }
+  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/env.txt"
+  python3 -c "import torch, triton, diffusers; print(torch.__version__, triton.__version__, diffusers.__version__)" \
+    | tee -a "$OUT/env.txt"
+fi
+for part in "$@"; do
+  start=$(date +%s)
+  log="$OUT/$part.log"
+  case "$part" in
+    setup) : ;;
+    tests) python3 -m pytest -q -m gpu $(grep -rl "mark.gpu" tests/) -p no:cacheprovider > "$log" 2>&1 ;;
+    crossover) python3 scripts/bench_crossover.py --out "$OUT/crossover_h200.csv" --table "$OUT/sm90.json" \
+                 > "$log" 2>&1 ;;
+    budget-cost) python3 scripts/bench_budget.py --out "$OUT/budget_cost_h200.csv" > "$log" 2>&1 ;;
+    budget-eval) python3 scripts/eval_budget.py --device cuda --heads "${HEADS:-6}" --frame-cache .gpu/frames.pt \
+                   ${CAPTURED:+--captured $CAPTURED} --out "$OUT/budget_eval_h200.csv" > "$log" 2>&1 ;;
+    *) echo "unknown part $part"; continue ;;
+  esac
+  echo "== $part: rc=$? in $(( $(date +%s) - start )) s"
+  tail -n "${TAIL:-14}" "$log"
+done
