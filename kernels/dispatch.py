@@ -148,7 +148,8 @@ def sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_thr
             if drop_mass is None:
                 drop_mass = _budget(q, k, v, prepared, predictor, selection.value, scale, ranges, sim_threshold,
                                     block_m, block_n)
-            drop = used_drop = drop_mass.float()
+            drop = drop_mass.float()
+            used_drop = drop.clone()  # an op output must not alias its input
         if stats == "pooled":
             lut, counts = predict.select_blocks_fwd(prepared.q_means, prepared.k_means, prepared.q_sims,
                                                     prepared.k_sims, topk=topk, cdf_threshold=cdf,

@@ -51,7 +51,7 @@ PLOT = "quality_vs_speed.png"
 REPORT = "report.md"
 META = "sweep.json"
 DENSE_LABEL = "dense"
-CONFIG_COLUMNS = ("topk", "cdf_threshold", "sim_threshold", "pv_threshold", "dense_steps", "reorder", "precision")
+CONFIG_COLUMNS = ("topk", "cdf_threshold", "target_error", "calibration", "sim_threshold", "pv_threshold", "dense_steps", "reorder", "precision")
 COLUMNS = (("prompt", "seed", "config", "mode") + CONFIG_COLUMNS
            + ("seconds", "dense_seconds", "speedup", "sparsity", "attention_ms", "backend")
            + METRICS + ("frames", "height", "width", "media", "rank", "finished_at"))
@@ -65,7 +65,11 @@ PSNR_PLOT_CAP = 60.0  # identical renders have infinite PSNR; they are drawn at 
 
 def config_label(config: SpargeConfig) -> str:
     """Short, stable name of a sparse config (the CSV key with prompt and seed)."""
-    selection = f"topk={config.topk:g}" if config.topk is not None else f"tau={config.cdf_threshold:g}"
+    rule = config.selection
+    selection = {"topk": f"topk={rule.value:g}", "cdf": f"tau={rule.value:g}", "budget": f"eps={rule.value:g}",
+                 "all": "all"}[rule.rule]
+    if rule.rule == "budget" and config.calibration:
+        selection += " calibrated"
     sim = "off" if config.sim_threshold is None else f"{config.sim_threshold:g}"
     pv = "off" if config.pv_threshold is None else f"{config.pv_threshold:g}"
     label = f"{selection} sim={sim} pv={pv} dense_steps={config.dense_steps} {config.reorder} {config.precision}"
@@ -76,22 +80,27 @@ def expand_grid(topk: Sequence[float] = (), cdf_threshold: Sequence[float] = (),
                 sim_threshold: Sequence[Optional[float]] = (SpargeConfig.sim_threshold,),
                 pv_threshold: Sequence[Optional[float]] = (None,), dense_steps: Sequence[int] = (0,),
                 reorder: Sequence[str] = ("hilbert",), precision: Sequence[str] = ("int8-fp8",),
-                block_n: int = SpargeConfig.block_n) -> List[SpargeConfig]:
-    """Every `SpargeConfig` of the grid (top-k values first, then τ values), duplicates removed; ``block_n`` is the
-    key block size of every config (not a grid axis).
+                block_n: int = SpargeConfig.block_n, *, target_error: Sequence[float] = (),
+                calibration: Sequence[Optional[str]] = (None,)) -> List[SpargeConfig]:
+    """Every `SpargeConfig` of the grid (top-k values first, then τ, then ε values), duplicates removed; ``block_n``
+    is the key block size of every config (not a grid axis); ``calibration`` (None = uncalibrated, or calibration
+    files) is an axis of the ε configs only.
 
     Raises:
         UsageError: a value SpargeConfig rejects (its message), or an empty grid.
     """
-    selections = [("topk", v) for v in topk] + [("cdf", v) for v in cdf_threshold]
+    selections = [("topk", v, None) for v in topk] + [("cdf", v, None) for v in cdf_threshold]
+    selections += [("eps", v, cal) for v in target_error for cal in calibration]
     if not selections:
-        raise UsageError("the grid is empty: give --topk and/or --cdf-threshold values")
+        raise UsageError("the grid is empty: give --topk, --cdf-threshold and/or --target-error values")
     configs: Dict[str, SpargeConfig] = {}
-    for (kind, value), sim, pv, steps, order, prec in itertools.product(
+    for (kind, value, cal), sim, pv, steps, order, prec in itertools.product(
             selections, sim_threshold, pv_threshold, dense_steps, reorder, precision):
         try:
             config = SpargeConfig(topk=value if kind == "topk" else None,
-                                  cdf_threshold=value if kind == "cdf" else None, sim_threshold=sim,
+                                  cdf_threshold=value if kind == "cdf" else None,
+                                  target_error=value if kind == "eps" else SpargeConfig.target_error, calibration=cal,
+                                  sim_threshold=sim,
                                   pv_threshold=pv, dense_steps=steps, reorder=order, precision=prec, block_n=block_n)
         except ValueError as error:
             raise UsageError(str(error)) from None
@@ -611,7 +620,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="SEED")
     grid = parser.add_argument_group("grid (the product of all lists)")
     grid.add_argument("--topk", type=float, nargs="*", default=None, metavar="K",
-                      help="top-k fractions (default: 0.7 0.5 0.3 unless --cdf-threshold is given)")
+                      help="top-k fractions (default: 0.7 0.5 0.3 unless --cdf-threshold or --target-error is given)")
+    grid.add_argument("--target-error", type=float, nargs="*", default=[], metavar="EPS",
+                      help="error budgets ε (the library's default rule)")
+    grid.add_argument("--calibration", nargs="+", default=[None], type=lambda v: None if v == "none" else v,
+                      metavar="JSON", help="calibration files for the ε configs, 'none' = uncalibrated (default: none)")
     grid.add_argument("--cdf-threshold", type=float, nargs="*", default=[], metavar="TAU", help="τ values (TopCdf)")
     grid.add_argument("--sim-threshold", type=optional_float, nargs="+", default=["auto"], metavar="THETA",
                       help=f"θ values, 'none' or 'auto' (default: {SpargeConfig.sim_threshold}, none for the "
@@ -673,10 +686,19 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     quiet_libraries(getattr(args, "verbose", False))
     model = model_from_args(args)
-    topk = args.topk if args.topk is not None else ([] if args.cdf_threshold else [0.7, 0.5, 0.3])
+    topk = args.topk if args.topk is not None else ([] if args.cdf_threshold or args.target_error else [0.7, 0.5, 0.3])
     sim_thresholds = list(dict.fromkeys(resolve_sim_threshold(v, model) for v in args.sim_threshold))
+    for path in args.calibration:
+        if path is not None:
+            from .calibration import load_calibration
+
+            try:
+                load_calibration(path)
+            except ValueError as error:
+                raise UsageError(f"--calibration: {error}") from None
     configs = expand_grid(topk, args.cdf_threshold, sim_thresholds, args.pv_threshold, args.dense_steps,
-                          args.reorder, args.precision, resolve_block_n(args.block_n, model))
+                          args.reorder, args.precision, resolve_block_n(args.block_n, model),
+                          target_error=args.target_error, calibration=args.calibration)
     if any(s < 0 for s in args.dense_steps):
         raise UsageError("--dense-steps values must be >= 0")
     family = model_family(model)  # validates --model before anything is loaded

@@ -120,6 +120,10 @@ def test_grid_and_ranks():
     assert config_label(configs[0]) == "topk=0.5 sim=off pv=off dense_steps=0 hilbert int8-fp8"
     with pytest.raises(UsageError):
         expand_grid([], [])
+    budgets = expand_grid([], [], [None], target_error=[0.05, 0.02], calibration=[None, "cal.json"])
+    assert [config_label(c).split(" sim")[0] for c in budgets] == ["eps=0.05", "eps=0.05 calibrated", "eps=0.02",
+                                                                    "eps=0.02 calibrated"]
+    assert all(c.selection.rule == "budget" for c in budgets) and budgets[1].calibration == "cal.json"
     assert rank_info({}) == (0, 1, 0)
     assert rank_info({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == (3, 4, 1)
     with pytest.raises(UsageError):
