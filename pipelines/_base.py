@@ -49,6 +49,25 @@ def boundary_permutation(context: SpargeContext, device) -> Optional[Any]:
 # wrapped pipelines
 
 
+def _null_components(path) -> List[str]:
+    """Names of the components a local diffusers folder's ``model_index.json`` records as ``[null, null]``."""
+    import json
+    import os
+
+    index = os.path.join(str(path), "model_index.json")
+    if not os.path.isfile(index):
+        return []
+    try:
+        with open(index, encoding="utf-8") as handle:
+            content = json.load(handle)
+    except (OSError, ValueError):
+        return []
+    if not isinstance(content, dict):
+        return []
+    return [name for name, value in content.items()
+            if not name.startswith("_") and isinstance(value, list) and value[:1] == [None]]
+
+
 class SpargePipelineMixin:
     """Mix into a diffusers pipeline class: Sparge attention on its transformer, statistics after each call.
 
@@ -61,6 +80,10 @@ class SpargePipelineMixin:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *, sparge_config: Optional[SpargeConfig] = None,
                         sparge_geometry: Optional[SpargeGeometry] = None, collect_stats: bool = True, **kwargs):
+        """Components a local folder saved as ``[null, null]`` (e.g. the tiny pipelines' missing text encoder and
+        tokenizer) load as None; stock diffusers refuses such a folder unless they are passed explicitly."""
+        for name in _null_components(pretrained_model_name_or_path):
+            kwargs.setdefault(name, None)
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         pipe.enable_sparge(sparge_config, geometry=sparge_geometry, collect_stats=collect_stats)
         return pipe
