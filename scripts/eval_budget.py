@@ -140,9 +140,14 @@ def main(argv=None) -> int:
     parser.add_argument("--write-frame-cache", default=None)
     parser.add_argument("--out", required=True)
     parser.add_argument("--summarize", default=None, help="only print the summary of an existing CSV")
+    parser.add_argument("--markdown", default=None, help="with --summarize: also write the markdown tables here")
     args = parser.parse_args(argv)
     if args.summarize:
-        summarize(read_rows(args.summarize))
+        rows = read_rows(args.summarize)
+        summarize(rows)
+        if args.markdown:
+            with open(args.markdown, "w") as handle:
+                handle.write(markdown(rows))
         return 0
     if args.frame_cache:
         video_inputs.use_frame_cache(torch.load(args.frame_cache))
@@ -196,6 +201,55 @@ def read_rows(path):
                 row[key] = float(row[key]) if row[key] not in ("", None) else ""
             rows.append(row)
     return rows
+
+
+def _mean(values):
+    values = list(values)
+    return sum(values) / len(values) if values else math.nan
+
+
+def markdown(rows) -> str:
+    """Two tables: the budget against ε per family and geometry, and best sparsity per predictor at a bound."""
+    out = ["| family | geometry | predictor | ε | inputs | worst relL1/ε | mean relL1/ε | sparsity | oracle at ε | "
+           "oracle at the same error | sparsity / oracle |", "|" + "---|" * 11]
+    groups = {}
+    for r in rows:
+        if str(r["setting"]).startswith("budget"):
+            groups.setdefault((r["family"], r["geometry"], r["predictor"], r["eps"]), []).append(r)
+    for (family, geometry, predictor, eps), items in sorted(groups.items()):
+        ratio = [r["rel_l1"] / eps for r in items]
+        sp, at_eps, at_act = (_mean(r[k] for r in items) for k in ("sparsity", "oracle_at_eps", "oracle_at_actual"))
+        share = f"{sp / at_act:.2f}" if at_act > 0.005 else "–"
+        out.append(f"| {family} | {geometry} | {predictor} | {eps:g} | {len(items)} | {max(ratio):.2f} | "
+                   f"{_mean(ratio):.2f} | {sp:.3f} | {at_eps:.3f} | {at_act:.3f} | {share} |")
+    out += ["", "Best sparsity at relL1 ≤ 0.05 / ≤ 0.03 (top-k swept 0.1–0.9 per predictor; oracle: exact block "
+            "mass, drop-mass ladder), mean over the family's inputs:", "",
+            "| family | geometry | order | lse top-k | sparge top-k | oracle |", "|---|---|---|---|---|---|"]
+    cells = {}
+    for r in rows:
+        if r["predictor"] == "oracle":
+            key = (r["family"], r["geometry"], r["order"])
+            bound = float(str(r["setting"]).split("<=")[1])
+            cells.setdefault(key, {}).setdefault(("oracle", bound), []).append(r["sparsity"])
+    for r in rows:
+        if str(r["setting"]).startswith("topk"):
+            key = (r["family"], r["geometry"], r["order"])
+            for bound in (0.05, 0.03):
+                best = cells.setdefault(key, {}).setdefault((r["predictor"], bound, r["style"]), [0.0])
+                if r["rel_l1"] <= bound:
+                    best[0] = max(best[0], r["sparsity"])
+    for key in sorted(cells):
+        entry = cells[key]
+        text = []
+        for name in ("lse", "sparge"):
+            per_bound = []
+            for bound in (0.05, 0.03):
+                values = [v[0] for k, v in entry.items() if k[0] == name and k[1] == bound]
+                per_bound.append(f"{_mean(values):.3f}")
+            text.append(" / ".join(per_bound))
+        text.append(" / ".join(f"{_mean(entry.get(('oracle', b), [math.nan])):.3f}" for b in (0.05, 0.03)))
+        out.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(text) + " |")
+    return "\n".join(out) + "\n"
 
 
 def summarize(rows):
