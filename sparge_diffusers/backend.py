@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from ._logging import log_once as _log_once
-from .context import LayerCall, SpargeContext, active_layer
+from .context import LayerCall, SpargeContext, active_layer, layer_by_key
 from .sparse_call import attend, keep_ranges_for, layer_policy, record, start_timer, text_range
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ ENUM_NAME = "SPARGE"
 SUPPORTED_DIFFUSERS = ((0, 36), (0, 43))
 # additive masks: entries at or below this are "not attended" (LTX uses -10000, others -inf)
 MASKED_BELOW = -1e4
+# masks up to this many elements are cached (held) per tensor; larger ones are read at every call
+MASK_CACHE_MAX_NUMEL = 1 << 22
 
 _state: Dict[str, object] = {"member": None, "tried": False}
 
@@ -169,6 +171,9 @@ def sparge_dispatch_attention(
         policy = "cross"
     else:
         policy = layer_policy(layer)
+    if policy == "sparse" and attn_mask is not None and torch.compiler.is_compiling():
+        # reading the mask is data-dependent: one opaque op reads it and runs the same path eagerly
+        return _masked_sparse_op(query, key, value, attn_mask, layer.key, -1.0 if scale is None else float(scale))
     plan = None
     if policy == "sparse" and attn_mask is not None:
         plan = key_padding_plan(attn_mask, batch, seq_q, seq_k, layer.context, pair_ok=layer.context.pair_masks)
@@ -191,6 +196,24 @@ def sparge_dispatch_attention(
     record(layer, timer, policy=policy, sparsities=sparsities, backend=backend, batch=batch, heads=heads,
            seq_len=seq_q, text_len=text[1] - text[0])
     return out
+
+
+@torch.library.custom_op("sparge_diffusers::masked_sparse_attention", mutates_args=())
+def _masked_sparse_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor,
+                      layer_key: str, scale: float) -> torch.Tensor:
+    """A masked call of a compiled model: the eager backend (mask read, padded keys removed, or dense)."""
+    previous = active_layer.call
+    active_layer.call = layer_by_key(layer_key)
+    try:
+        out = sparge_dispatch_attention(query, key, value, attn_mask=attn_mask, scale=None if scale < 0 else scale)
+    finally:
+        active_layer.call = previous
+    return out.clone() if out.data_ptr() in (query.data_ptr(), key.data_ptr(), value.data_ptr()) else out
+
+
+@_masked_sparse_op.register_fake
+def _(query, key, value, attn_mask, layer_key, scale):
+    return torch.empty_like(query)
 
 
 # key-padding masks
@@ -225,17 +248,19 @@ class KeyPaddingPlan:
 
 def key_padding_plan(mask: torch.Tensor, batch: int, seq_q: int, seq_k: int, context: SpargeContext,
                      pair_ok: bool = False) -> Optional[KeyPaddingPlan]:
-    """Read a key-padding ``mask`` (cached per mask tensor within a forward), or None when it is not one (or while
-    compiling: reading the mask is data-dependent)."""
-    if torch.compiler.is_compiling():
-        log_once(logger, "backend-mask-compile", "sparge backend: attention masks are not read under torch.compile; "
-                 "masked calls use dense SDPA there")
-        return None
+    """Read a key-padding ``mask`` (small masks are cached per tensor: a model passes one mask to all its layers), or
+    None when it is not one. Eager only (the compiled path reaches it through an opaque op)."""
     key = (mask.data_ptr(), tuple(mask.shape), mask.dtype, mask._version if not mask.is_inference() else 0)
     cache = context.mask_cache
     if key in cache:
         return cache[key][1]
     plan = _read_key_padding(mask, batch, seq_q, seq_k, pair_ok)
+    if mask.numel() > MASK_CACHE_MAX_NUMEL:  # HunyuanVideo 1.5 builds an [B, 1, S, S] mask per layer: not kept
+        if plan is None:
+            log_once(logger, f"backend-mask-{tuple(mask.shape)}-{mask.dtype}", "sparge backend: an attention mask "
+                     "of shape %s (%s) is not a key-padding mask; those calls use dense SDPA with the mask",
+                     tuple(mask.shape), mask.dtype)
+        return plan
     if plan is None:
         log_once(logger, f"backend-mask-{tuple(mask.shape)}-{mask.dtype}", "sparge backend: an attention mask of "
                  "shape %s (%s) is not a key-padding mask; those calls use dense SDPA with the mask",
