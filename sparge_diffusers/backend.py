@@ -119,6 +119,7 @@ def register_sparge_backend(*, force: bool = False):
             names._member_names_.append(ENUM_NAME)
     registry.register(member, constraints=[], supports_context_parallel=False)(sparge_dispatch_attention)
     _state["native"] = registry._backends[names.NATIVE]
+    _make_standalone_layer()
     _state["member"] = member
     logger.debug("registered the sparge attention backend with diffusers %s", installed)
     return member
@@ -134,18 +135,23 @@ def native_backend():
     return _state["native"]
 
 
-_STANDALONE: Dict[str, SpargeContext] = {}
+_STANDALONE: Dict[str, LayerCall] = {}
+
+
+def _make_standalone_layer() -> LayerCall:
+    """The layer the backend uses for calls outside `apply_sparge` (made once, eagerly: at registration)."""
+    layer = _STANDALONE.get("layer")
+    if layer is None:
+        from .config import SpargeConfig
+
+        layer = _STANDALONE["layer"] = LayerCall(SpargeContext(SpargeConfig()), -1, None)
+    return layer
 
 
 def _standalone_layer() -> LayerCall:
-    context = _STANDALONE.get("context")
-    if context is None:
-        from .config import SpargeConfig
-
-        context = _STANDALONE["context"] = SpargeContext(SpargeConfig())
     log_once(logger, "backend-standalone", "sparge attention backend called outside apply_sparge: SpargeConfig() "
              "defaults, no text protection, no token reorder (use apply_sparge for the supported models)")
-    return LayerCall(context, -1, None)
+    return _STANDALONE["layer"] if "layer" in _STANDALONE else _make_standalone_layer()
 
 
 def sparge_dispatch_attention(
@@ -222,13 +228,15 @@ def _(query, key, value, attn_mask, layer_key, scale):
 class _Group:
     """Samples of a batch that share one set of valid keys."""
 
-    __slots__ = ("samples", "valid", "padded", "compact")
+    __slots__ = ("samples", "valid", "padded", "compact", "prefix")
 
     def __init__(self, samples: torch.Tensor, valid: torch.Tensor, padded: torch.Tensor, compact) -> None:
         self.samples = samples  # int64 [G] batch indices
         self.valid = valid  # int64 [V] valid key positions
         self.padded = padded  # int64 [S - V] padded positions (their query rows attend to the valid keys)
         self.compact = compact  # list of V host ints, for mapping ranges
+        # trailing padding (text last, HunyuanVideo): the valid tokens are the first V, sliced without a copy
+        self.prefix = compact[-1] == len(compact) - 1
 
 
 class KeyPaddingPlan:
@@ -325,18 +333,28 @@ def _attend_key_padded(query, key, value, plan: KeyPaddingPlan, layer: LayerCall
     whole_batch = len(plan.groups) == 1
     for group in plan.groups:
         q, k, v = (x if whole_batch else x.index_select(0, group.samples) for x in (query, key, value))
-        q_valid, k_valid, v_valid = (x.index_select(1, group.valid) for x in (q, k, v))
+        if group.prefix:
+            n = len(group.compact)
+            q_valid, k_valid, v_valid = q[:, :n], k[:, :n], v[:, :n]
+        else:
+            q_valid, k_valid, v_valid = (x.index_select(1, group.valid) for x in (q, k, v))
         start, end = plan.compact_range(group, *text)
         visual_offset = end if start == 0 and end > 0 else 0
         part, sparsity, backend = attend(q_valid, k_valid, v_valid, layer=layer, layout="BSHD",
                                          keep_ranges=keep_ranges_for(layer, start, end), visual_offset=visual_offset,
                                          scale=scale)
         sparsities.append(sparsity)
-        rows = torch.empty_like(q)
-        rows.index_copy_(1, group.valid, part.to(q.dtype))
-        if group.padded.numel():
-            pad = native_backend()(q.index_select(1, group.padded), k_valid, v_valid, scale=scale)
-            rows.index_copy_(1, group.padded, pad.to(q.dtype))
+        if group.prefix and not group.padded.numel():
+            rows = part.to(q.dtype)
+        elif group.prefix:
+            pad = native_backend()(q[:, len(group.compact):], k_valid, v_valid, scale=scale)
+            rows = torch.cat([part.to(q.dtype), pad.to(q.dtype)], dim=1)
+        else:
+            rows = torch.empty_like(q)
+            rows.index_copy_(1, group.valid, part.to(q.dtype))
+            if group.padded.numel():
+                pad = native_backend()(q.index_select(1, group.padded), k_valid, v_valid, scale=scale)
+                rows.index_copy_(1, group.padded, pad.to(q.dtype))
         if whole_batch:
             out = rows
         else:

@@ -167,7 +167,14 @@ def test_backend_other_masks_and_calls_go_dense(caplog):
 
 
 def test_diffusers_api_accepts_the_backend():
-    from diffusers.models.attention_dispatch import AttentionBackendName, attention_backend, dispatch_attention_fn
+    from diffusers.models.attention_dispatch import (
+        AttentionBackendName,
+        _AttentionBackendRegistry,
+        attention_backend,
+        dispatch_attention_fn,
+    )
+
+    active = _AttentionBackendRegistry._active_backend  # set_attention_backend also sets the global one
 
     q, k, v = _qkv(batch=1, seq=300)
     with attention_backend("sparge"):
@@ -178,9 +185,12 @@ def test_diffusers_api_accepts_the_backend():
     transformer.set_attention_backend("sparge")
     assert all(m.processor._attention_backend == AttentionBackendName("sparge")
                for m in transformer.modules() if hasattr(m, "processor"))
-    out = _forward(transformer, inputs)
-    assert cosine_similarity(out, ref) > 0.99
-    transformer.reset_attention_backend()
+    try:
+        out = _forward(transformer, inputs)
+        assert cosine_similarity(out, ref) > 0.99
+    finally:
+        transformer.reset_attention_backend()
+        _AttentionBackendRegistry.set_active_backend(active)
 
 
 def test_registration_skips_an_unsupported_version(monkeypatch, caplog):
