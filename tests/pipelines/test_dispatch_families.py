@@ -234,3 +234,22 @@ def test_compiles_without_graph_breaks(family):
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
     torch._dynamo.reset()
     remove_sparge(transformer)
+
+
+def test_remove_restores_a_user_backend():
+    """A backend the user chose before apply_sparge comes back exactly; stock layers (cross-attention) keep it."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    active = _AttentionBackendRegistry._active_backend
+    transformer, inputs = _setup("ltx", None)
+    try:
+        transformer.set_attention_backend("_native_math")
+        apply_sparge(transformer, SPARSE)
+        block = transformer.transformer_blocks[0]
+        assert block.attn1.processor._attention_backend == AttentionBackendName("sparge")
+        assert block.attn2.processor._attention_backend == AttentionBackendName("_native_math")
+        remove_sparge(transformer)
+        assert {m.processor._attention_backend for m in transformer.modules() if hasattr(m, "processor")} == {
+            AttentionBackendName("_native_math")}
+    finally:
+        _AttentionBackendRegistry.set_active_backend(active)
