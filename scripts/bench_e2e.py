@@ -1,13 +1,23 @@
 """End-to-end step time of full-size diffusers transformers: stock attention against Sparge, in one run.
 
-Builds the real transformer configs of CogVideoX-2b, CogVideoX-5b, Mochi-1 and Flux.1-dev with random weights in
-bf16 on one GPU (no weights needed), feeds one denoising step at the default resolution (CFG batch 2; Flux.1-dev is
-guidance-distilled and runs batch 1), and reports step time, speed-up over stock, peak memory, the share of the step
-spent in attention and in the Hilbert reordering, and the measured sparsity. Random weights make blocks of Q and K
-incoherent, so the paper's self-similarity test (θ) would keep every block: θ is off here. At topk = 1 the transformer output is
-compared with stock (relL1), which should match the kernel's own error.
+Builds the real transformer configs of CogVideoX-2b, CogVideoX-5b, Mochi-1, Flux.1-dev, Wan 2.1 1.3B (480p, 81
+frames: 32,760 tokens), Wan 2.1 14B (720p, 81 frames: 75,600 tokens) and HunyuanVideo (720p, 129 frames: 118,800
+tokens) with random weights in bf16 on one GPU (no weights needed) and feeds one denoising step at that resolution
+(CogVideoX / Mochi: CFG batch 2; Wan runs its two CFG forwards separately and HunyuanVideo and Flux.1-dev are
+guidance-distilled: batch 1). It reports step time, speed-up over stock, peak memory (and its ratio to stock), the
+share of the step spent in attention and in the Hilbert reordering, and the measured sparsity, eager and, with
+``--compile``, under ``torch.compile`` of the transformer (compile time = first call minus a steady call).
+
+``--layers N`` builds the models with N transformer blocks (HunyuanVideo: a third double-stream, the rest
+single-stream) so that the large configs fit the time budget; the ``scaled_step_ms`` column is the measured time
+times full blocks / N (an upper bound: the embeddings and the output layer are scaled too) and is labelled so.
+Random weights make blocks of Q and K incoherent, so the paper's self-similarity test (θ) would keep every block: θ
+is off here. At topk = 1 the transformer output is compared with stock (relL1), which should match the kernel's own
+error compounded over the layers.
 
     python scripts/bench_e2e.py --out benchmarks/results/e2e_h200
+    python scripts/bench_e2e.py --models wan21-1.3b-480p wan21-14b-720p hunyuan-720p-129f --layers 4 --compile
+    python scripts/bench_e2e.py --tiny          # CPU, tiny configs, seconds (CI)
 """
 
 from __future__ import annotations
@@ -16,17 +26,19 @@ import argparse
 import csv
 import gc
 import os
+import time
 import traceback
 from typing import Callable, Dict, List, Optional
 
 import torch
-import triton
 
 from sparge_diffusers import SpargeConfig, apply_sparge, get_sparge_stats, remove_sparge
 from sparge_diffusers.kernels.reference import cosine_similarity, relative_l1
 
-FIELDS = ["gpu", "torch", "triton", "diffusers", "model", "batch", "tokens", "setting", "step_ms", "speedup",
-          "peak_gib", "attention_share", "reorder_share", "sparsity", "rel_l1_vs_stock", "cosine_vs_stock", "note"]
+FIELDS = ["gpu", "torch", "triton", "diffusers", "model", "layers", "full_layers", "batch", "tokens", "mode",
+          "setting", "step_ms", "scaled_step_ms", "speedup", "compile_s", "peak_gib", "peak_vs_stock",
+          "attention_share", "reorder_share", "sparsity", "rel_l1_vs_stock", "cosine_vs_stock", "note"]
+DEVICE = "cuda"
 
 
 def cogvideox(variant: str):
@@ -40,9 +52,9 @@ def cogvideox(variant: str):
     model = CogVideoXTransformer3DModel(**config)
 
     def inputs(batch, gen):
-        return dict(hidden_states=torch.randn(batch, 13, 16, 60, 90, generator=gen, device="cuda"),
-                    encoder_hidden_states=torch.randn(batch, 226, 4096, generator=gen, device="cuda"),
-                    timestep=torch.full((batch,), 500, device="cuda", dtype=torch.long),
+        return dict(hidden_states=torch.randn(batch, 13, 16, 60, 90, generator=gen, device=DEVICE),
+                    encoder_hidden_states=torch.randn(batch, 226, 4096, generator=gen, device=DEVICE),
+                    timestep=torch.full((batch,), 500, device=DEVICE, dtype=torch.long),
                     image_rotary_emb=_cogvideox_rope(13, 30, 45) if variant == "5b" else None)
 
     return model, inputs, 13 * 30 * 45 + 226
@@ -52,7 +64,7 @@ def _cogvideox_rope(t, h, w):
     from diffusers.models.embeddings import get_3d_rotary_pos_embed
 
     cos, sin = get_3d_rotary_pos_embed(embed_dim=64, crops_coords=((0, 0), (h, w)), grid_size=(h, w),
-                                       temporal_size=t, device="cuda")
+                                       temporal_size=t, device=DEVICE)
     return cos, sin
 
 
@@ -63,10 +75,10 @@ def mochi(frames: int):
     latent_t = (frames - 1) // 6 + 1
 
     def inputs(batch, gen):
-        return dict(hidden_states=torch.randn(batch, 12, latent_t, 60, 106, generator=gen, device="cuda"),
-                    encoder_hidden_states=torch.randn(batch, 256, 4096, generator=gen, device="cuda"),
-                    encoder_attention_mask=torch.ones(batch, 256, dtype=torch.bool, device="cuda"),
-                    timestep=torch.full((batch,), 500, device="cuda", dtype=torch.long))
+        return dict(hidden_states=torch.randn(batch, 12, latent_t, 60, 106, generator=gen, device=DEVICE),
+                    encoder_hidden_states=torch.randn(batch, 256, 4096, generator=gen, device=DEVICE),
+                    encoder_attention_mask=torch.ones(batch, 256, dtype=torch.bool, device=DEVICE),
+                    timestep=torch.full((batch,), 500, device=DEVICE, dtype=torch.long))
 
     return model, inputs, latent_t * 30 * 53 + 256
 
@@ -80,17 +92,91 @@ def flux():
 
     def inputs(batch, gen):
         rows, cols = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
-        img_ids = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3).float().cuda()
-        return dict(hidden_states=torch.randn(batch, 4096, 64, generator=gen, device="cuda"),
-                    encoder_hidden_states=torch.randn(batch, 512, 4096, generator=gen, device="cuda"),
-                    pooled_projections=torch.randn(batch, 768, generator=gen, device="cuda"),
-                    timestep=torch.full((batch,), 0.5, device="cuda"), guidance=torch.full((batch,), 3.5, device="cuda"),
-                    img_ids=img_ids, txt_ids=torch.zeros(512, 3, device="cuda"))
+        img_ids = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3).float().to(DEVICE)
+        return dict(hidden_states=torch.randn(batch, 4096, 64, generator=gen, device=DEVICE),
+                    encoder_hidden_states=torch.randn(batch, 512, 4096, generator=gen, device=DEVICE),
+                    pooled_projections=torch.randn(batch, 768, generator=gen, device=DEVICE),
+                    timestep=torch.full((batch,), 0.5, device=DEVICE), guidance=torch.full((batch,), 3.5, device=DEVICE),
+                    img_ids=img_ids, txt_ids=torch.zeros(512, 3, device=DEVICE))
 
     return model, inputs, 4096 + 512
 
 
+def wan(size: str, layers: Optional[int]):
+    """Wan 2.1 T2V 1.3B at 480x832 or 14B at 720x1280, 81 frames (latent 21 frames, 8x VAE, 1x2x2 patches)."""
+    from diffusers import WanTransformer3DModel
+
+    if size == "1.3b":
+        config = dict(num_attention_heads=12, ffn_dim=8960, num_layers=30)
+        height, width = 480, 832
+    else:
+        config = dict(num_attention_heads=40, ffn_dim=13824, num_layers=40)
+        height, width = 720, 1280
+    full = config["num_layers"]
+    config["num_layers"] = layers or full
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), attention_head_dim=128, in_channels=16, out_channels=16,
+                                  text_dim=4096, freq_dim=256, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                  **config)
+    latent_t, latent_h, latent_w = 21, height // 8, width // 8
+
+    def inputs(batch, gen):
+        return dict(hidden_states=torch.randn(batch, 16, latent_t, latent_h, latent_w, generator=gen, device=DEVICE),
+                    encoder_hidden_states=torch.randn(batch, 512, 4096, generator=gen, device=DEVICE),
+                    timestep=torch.full((batch,), 500.0, device=DEVICE))
+
+    return model, inputs, latent_t * (latent_h // 2) * (latent_w // 2), full
+
+
+def hunyuan_video(layers: Optional[int]):
+    """HunyuanVideo T2V at 720x1280, 129 frames (latent 33 frames, 8x VAE, 1x2x2 patches), 256 text tokens."""
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    full = 20 + 40
+    double = 20 if layers is None else max(1, layers // 3)
+    single = 40 if layers is None else max(1, layers - double)
+    model = HunyuanVideoTransformer3DModel(num_layers=double, num_single_layers=single)
+    latent_t, latent_h, latent_w = 33, 90, 160
+
+    def inputs(batch, gen):
+        mask = torch.ones(batch, 256, dtype=torch.bool, device=DEVICE)
+        mask[:, 200:] = False  # a padded prompt, as the pipeline passes it
+        return dict(hidden_states=torch.randn(batch, 16, latent_t, latent_h, latent_w, generator=gen, device=DEVICE),
+                    encoder_hidden_states=torch.randn(batch, 256, 4096, generator=gen, device=DEVICE),
+                    encoder_attention_mask=mask,
+                    pooled_projections=torch.randn(batch, 768, generator=gen, device=DEVICE),
+                    timestep=torch.full((batch,), 500.0, device=DEVICE),
+                    guidance=torch.full((batch,), 6000.0, device=DEVICE))
+
+    return model, inputs, latent_t * (latent_h // 2) * (latent_w // 2) + 256, full
+
+
+def tiny(family: str, layers: Optional[int]):
+    """A tiny random transformer of a family (``--tiny``: CPU, seconds)."""
+    from sparge_diffusers.pipelines.tiny import TINY_GRIDS, tiny_transformer, transformer_inputs
+
+    model = tiny_transformer(family, num_layers=layers or 1)
+    grid = TINY_GRIDS[family]
+
+    def inputs(batch, gen):
+        return {k: v for k, v in transformer_inputs(model, grid, batch_size=batch, device=DEVICE).items()
+                if k != "return_dict"}
+
+    tokens = 1
+    for g in grid:
+        tokens *= g
+    return model, inputs, tokens, layers or 1
+
+
+TINY_MODELS: Dict[str, Callable] = {f"tiny-{f}": (lambda f=f: lambda layers: tiny(f, layers))()
+                                    for f in ("wan", "hunyuan_video", "flux")}
+LAYERED = {"wan21-1.3b-480p": lambda layers: wan("1.3b", layers), "wan21-14b-720p": lambda layers: wan("14b", layers),
+           "hunyuan-720p-129f": hunyuan_video, **TINY_MODELS}
+BATCH_ONE = ("flux", "wan", "hunyuan", "tiny")
+
 MODELS: Dict[str, Callable] = {
+    "wan21-1.3b-480p": None,
+    "wan21-14b-720p": None,
+    "hunyuan-720p-129f": None,
     "cogvideox-2b": lambda: cogvideox("2b"),
     "cogvideox-5b": lambda: cogvideox("5b"),
     "mochi-163f": lambda: mochi(163),
@@ -99,102 +185,187 @@ MODELS: Dict[str, Callable] = {
 }
 
 
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed_call(model, kwargs) -> float:
+    """Wall time (ms) of one synchronized forward."""
+    _sync()
+    start = time.perf_counter()
+    model(**kwargs, return_dict=False)
+    _sync()
+    return (time.perf_counter() - start) * 1e3
+
+
 def step_time(model, kwargs, repeats: int) -> float:
-    """Median wall time (ms) of one forward, CUDA-synchronized."""
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        model(**kwargs, return_dict=False)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    """Median wall time (ms) of one forward, synchronized."""
+    times = sorted(timed_call(model, kwargs) for _ in range(repeats))
+    return times[len(times) // 2]
+
+
+def _reset_peak() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak() -> int:
+    return torch.cuda.max_memory_allocated() if DEVICE == "cuda" else 0
+
+
+def build(name: str, layers: Optional[int]):
+    if name in LAYERED:
+        return LAYERED[name](layers)
+    model, make_inputs, tokens = MODELS[name]()
+    return model, make_inputs, tokens, None
 
 
 def run_model(name: str, args, rows: List[Dict], meta: Dict):
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        model, make_inputs, tokens = MODELS[name]()
-    model = model.to(torch.bfloat16).eval()
-    batch = 1 if name.startswith("flux") else 2
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    kwargs = {k: (v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() and k not in ("img_ids", "txt_ids") else v)
+    with torch.device(DEVICE):
+        model, make_inputs, tokens, full_layers = build(name, args.layers)
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    model = model.to(dtype).eval()
+    batch = 1 if name.startswith(BATCH_ONE) else 2
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    keep_fp32 = ("img_ids", "txt_ids", "timestep", "guidance")
+    kwargs = {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() and k not in keep_fp32 else v)
               for k, v in make_inputs(batch, gen).items()}
     if kwargs.get("image_rotary_emb") is None:
         kwargs.pop("image_rotary_emb", None)
+    layers = args.layers if full_layers is not None else None
+    scale = (full_layers / layers) if layers else 1.0
+    stock_peak = {}
 
-    def add(setting, ms, peak, stock_ms=None, **extra):
-        row = dict(meta, model=name, batch=batch, tokens=tokens, setting=setting, step_ms=round(ms, 2),
-                   speedup="" if stock_ms is None else round(stock_ms / ms, 3), peak_gib=round(peak / 2 ** 30, 2),
+    def add(mode, setting, ms, peak, stock_ms=None, **extra):
+        row = dict(meta, model=name, layers=layers or "all", full_layers=full_layers or "", batch=batch,
+                   tokens=tokens, mode=mode, setting=setting, step_ms=round(ms, 2),
+                   scaled_step_ms=round(ms * scale, 1) if layers else "",
+                   speedup="" if stock_ms is None else round(stock_ms / ms, 3), compile_s="",
+                   peak_gib=round(peak / 2 ** 30, 2),
+                   peak_vs_stock=round(peak / stock_peak[mode], 4) if stock_peak.get(mode) else "",
                    attention_share="", reorder_share="", sparsity="", rel_l1_vs_stock="", cosine_vs_stock="",
-                   note="")
+                   note="scaled_step_ms = step_ms x full/N blocks (upper bound)" if layers else "")
         row.update(extra)
         rows.append(row)
-        print(" ".join(f"{k}={row[k]}" for k in ("model", "setting", "step_ms", "speedup", "peak_gib",
-                                                  "attention_share", "sparsity", "rel_l1_vs_stock")), flush=True)
+        print(" ".join(f"{k}={row[k]}" for k in ("model", "mode", "setting", "step_ms", "speedup", "compile_s",
+                                                  "peak_vs_stock", "attention_share", "sparsity",
+                                                  "rel_l1_vs_stock")), flush=True)
+
+    settings = [("topk=1 (exactness)", SpargeConfig(topk=1.0, sim_threshold=None, check_finite=False))]
+    for item in args.settings:
+        predictor, topk = item.split(":")
+        settings.append((f"{predictor} topk={topk} hilbert", SpargeConfig(
+            topk=float(topk), predictor=predictor, sim_threshold=None, reorder="hilbert", check_finite=False)))
 
     with torch.no_grad():
         model(**kwargs, return_dict=False)
-        torch.cuda.reset_peak_memory_stats()
+        _reset_peak()
         stock_out = model(**kwargs, return_dict=False)[0].float()
+        stock_peak["eager"] = _peak()
         stock_ms = step_time(model, kwargs, args.repeats)
-        add("stock", stock_ms, torch.cuda.max_memory_allocated())
-
-        settings = [("topk=1 (exactness)", SpargeConfig(topk=1.0, sim_threshold=None, check_finite=False))]
-        for item in args.settings:
-            predictor, topk = item.split(":")
-            settings.append((f"{predictor} topk={topk} hilbert", SpargeConfig(
-                topk=float(topk), predictor=predictor, sim_threshold=None, reorder="hilbert", check_finite=False)))
+        add("eager", "stock", stock_ms, stock_peak["eager"])
         for label, config in settings:
             apply_sparge(model, config)
             model(**kwargs, return_dict=False)
-            torch.cuda.reset_peak_memory_stats()
+            _reset_peak()
             out = model(**kwargs, return_dict=False)[0].float()
+            peak = _peak()
             ms = step_time(model, kwargs, args.repeats)
-            peak = torch.cuda.max_memory_allocated()
             remove_sparge(model)
             apply_sparge(model, config, collect_stats=True)
             model(**kwargs, return_dict=False)
             stats = get_sparge_stats(model)
-            attention_ms = stats.total_attention_ms
-            sparsity = stats.mean_sparsity
+            attention_ms, sparsity = stats.total_attention_ms, stats.mean_sparsity
             remove_sparge(model)
-            add(label, ms, peak, stock_ms, attention_share=round(attention_ms / ms, 3),
+            add("eager", label, ms, peak, stock_ms, attention_share=round(attention_ms / ms, 3),
                 sparsity=round(sparsity, 4), rel_l1_vs_stock=round(relative_l1(out, stock_out), 5),
-                cosine_vs_stock=round(cosine_similarity(out, stock_out), 6),
-                note="attention share from per-layer CUDA events in a separate stats pass")
+                cosine_vs_stock=round(cosine_similarity(out, stock_out), 6))
         reorder_ms = time_reorder(model, kwargs, tokens, batch)
         if reorder_ms is not None:
             rows[-1]["reorder_share"] = round(reorder_ms / rows[-1]["step_ms"], 4)
+        if args.compile:
+            compiled_runs(name, model, kwargs, settings[-1:] if args.compile_last_only else settings, args, add,
+                          stock_out, stock_peak)
     del model, kwargs, stock_out
     gc.collect()
-    torch.cuda.empty_cache()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+
+
+def compiled_runs(name, model, kwargs, settings, args, add, stock_out, stock_peak) -> None:
+    """Stock and Sparge under ``torch.compile`` of the transformer (fresh compile each; compile time reported)."""
+    def compile_and_time(label):
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend=args.compile_backend)
+        first = timed_call(compiled, kwargs)
+        _reset_peak()
+        out = compiled(**kwargs, return_dict=False)[0].float()
+        peak = _peak()
+        ms = step_time(compiled, kwargs, args.repeats)
+        return out, ms, peak, max(0.0, (first - ms) / 1e3)
+
+    _, stock_ms, peak, compile_s = compile_and_time("stock")
+    stock_peak["compiled"] = peak
+    add("compiled", "stock", stock_ms, peak, compile_s=round(compile_s, 1))
+    for label, config in settings:
+        apply_sparge(model, config)
+        out, ms, peak, compile_s = compile_and_time(label)
+        remove_sparge(model)
+        add("compiled", label, ms, peak, stock_ms, compile_s=round(compile_s, 1),
+            rel_l1_vs_stock=round(relative_l1(out, stock_out), 5),
+            cosine_vs_stock=round(cosine_similarity(out, stock_out), 6))
+    torch._dynamo.reset()
 
 
 def time_reorder(model, kwargs, tokens, batch) -> Optional[float]:
     """Cost of the boundary reordering: gather + inverse gather of a hidden-state-sized tensor, timed alone."""
     hidden = getattr(model.config, "num_attention_heads", 0) * getattr(model.config, "attention_head_dim", 0)
-    if not hidden:
+    if not hidden or DEVICE != "cuda":
         return None
-    x = torch.randn(batch, tokens, hidden, device="cuda", dtype=torch.bfloat16)
-    order = torch.randperm(tokens, device="cuda")
+    import triton
+
+    x = torch.randn(batch, tokens, hidden, device=DEVICE, dtype=torch.bfloat16)
+    order = torch.randperm(tokens, device=DEVICE)
     inverse = torch.argsort(order)
     return triton.testing.do_bench(lambda: x[:, order][:, inverse], warmup=10, rep=50, return_mode="median")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    global DEVICE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/e2e")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=None, choices=list(MODELS) + list(TINY_MODELS))
     parser.add_argument("--settings", nargs="+", default=["lse:0.5", "lse:0.3", "sparge:0.5"],
                         help="PREDICTOR:TOPK pairs run with Hilbert order")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--layers", type=int, default=None,
+                        help="transformer blocks of the Wan / HunyuanVideo rows (default: all)")
+    parser.add_argument("--compile", action="store_true", help="also run stock and Sparge under torch.compile")
+    parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument("--compile-last-only", action="store_true",
+                        help="compile only stock and the last --settings entry (saves compile time)")
+    parser.add_argument("--tiny", action="store_true", help="CPU, tiny random configs, seconds (tests / CI)")
     args = parser.parse_args(argv)
+    if args.tiny:
+        DEVICE = "cpu"
+        args.models = args.models or list(TINY_MODELS)
+        if args.compile_backend == "inductor":
+            args.compile_backend = "eager"
+    else:
+        DEVICE = "cuda"
+        args.models = args.models or [m for m in MODELS]
     import diffusers
 
-    meta = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "triton": triton.__version__,
-            "diffusers": diffusers.__version__}
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = ""
+    meta = {"gpu": torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu", "torch": torch.__version__,
+            "triton": triton_version, "diffusers": diffusers.__version__}
     rows: List[Dict] = []
     for name in args.models:
         try:
@@ -207,7 +378,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             traceback.print_exc()
             rows.append(dict(meta, model=name, setting="failed", note=f"{type(error).__name__}: {str(error)[:200]}"))
             gc.collect()
-            torch.cuda.empty_cache()
+            if DEVICE == "cuda":
+                torch.cuda.empty_cache()
         write(rows, args.out)
     return 0
 
@@ -223,12 +395,14 @@ def write(rows: List[Dict], out_prefix: str) -> None:
              f"torch {meta.get('torch')}, Triton {meta.get('triton')}, diffusers {meta.get('diffusers')}; random "
              "weights in bf16, real configs, one denoising step, median of repeats; speed-up = stock step time / "
              "step time in the same run.", "",
-             "| model | batch | tokens | setting | step ms | speed-up | peak GiB | attention share | reorder share | "
-             "sparsity | relL1 vs stock |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | layers | batch | tokens | mode | setting | step ms | scaled ms | speed-up | compile s | "
+             "peak GiB | peak / stock | attention share | reorder share | sparsity | relL1 vs stock |",
+             "|" + "---|" * 16]
     for row in rows:
         lines.append("| " + " | ".join(str(row.get(k, "")) for k in (
-            "model", "batch", "tokens", "setting", "step_ms", "speedup", "peak_gib", "attention_share",
-            "reorder_share", "sparsity", "rel_l1_vs_stock")) + " |")
+            "model", "layers", "batch", "tokens", "mode", "setting", "step_ms", "scaled_step_ms", "speedup",
+            "compile_s", "peak_gib", "peak_vs_stock", "attention_share", "reorder_share", "sparsity",
+            "rel_l1_vs_stock")) + " |")
     with open(out_prefix + ".md", "w") as handle:
         handle.write("\n".join(lines) + "\n")
 

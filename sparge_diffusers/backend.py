@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from ._logging import log_once as _log_once
-from .context import LayerCall, SpargeContext, active_layer
+from .context import LayerCall, SpargeContext, active_layer, layer_by_key
 from .sparse_call import attend, keep_ranges_for, layer_policy, record, start_timer, text_range
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ ENUM_NAME = "SPARGE"
 SUPPORTED_DIFFUSERS = ((0, 36), (0, 43))
 # additive masks: entries at or below this are "not attended" (LTX uses -10000, others -inf)
 MASKED_BELOW = -1e4
+# masks up to this many elements are cached (held) per tensor; larger ones are read at every call
+MASK_CACHE_MAX_NUMEL = 1 << 22
 
 _state: Dict[str, object] = {"member": None, "tried": False}
 
@@ -117,6 +119,7 @@ def register_sparge_backend(*, force: bool = False):
             names._member_names_.append(ENUM_NAME)
     registry.register(member, constraints=[], supports_context_parallel=False)(sparge_dispatch_attention)
     _state["native"] = registry._backends[names.NATIVE]
+    _make_standalone_layer()
     _state["member"] = member
     logger.debug("registered the sparge attention backend with diffusers %s", installed)
     return member
@@ -132,18 +135,23 @@ def native_backend():
     return _state["native"]
 
 
-_STANDALONE: Dict[str, SpargeContext] = {}
+_STANDALONE: Dict[str, LayerCall] = {}
+
+
+def _make_standalone_layer() -> LayerCall:
+    """The layer the backend uses for calls outside `apply_sparge` (made once, eagerly: at registration)."""
+    layer = _STANDALONE.get("layer")
+    if layer is None:
+        from .config import SpargeConfig
+
+        layer = _STANDALONE["layer"] = LayerCall(SpargeContext(SpargeConfig()), -1, None)
+    return layer
 
 
 def _standalone_layer() -> LayerCall:
-    context = _STANDALONE.get("context")
-    if context is None:
-        from .config import SpargeConfig
-
-        context = _STANDALONE["context"] = SpargeContext(SpargeConfig())
     log_once(logger, "backend-standalone", "sparge attention backend called outside apply_sparge: SpargeConfig() "
              "defaults, no text protection, no token reorder (use apply_sparge for the supported models)")
-    return LayerCall(context, -1, None)
+    return _STANDALONE["layer"] if "layer" in _STANDALONE else _make_standalone_layer()
 
 
 def sparge_dispatch_attention(
@@ -169,6 +177,9 @@ def sparge_dispatch_attention(
         policy = "cross"
     else:
         policy = layer_policy(layer)
+    if policy == "sparse" and attn_mask is not None and torch.compiler.is_compiling():
+        # reading the mask is data-dependent: one opaque op reads it and runs the same path eagerly
+        return _masked_sparse_op(query, key, value, attn_mask, layer.key, -1.0 if scale is None else float(scale))
     plan = None
     if policy == "sparse" and attn_mask is not None:
         plan = key_padding_plan(attn_mask, batch, seq_q, seq_k, layer.context, pair_ok=layer.context.pair_masks)
@@ -193,19 +204,39 @@ def sparge_dispatch_attention(
     return out
 
 
+@torch.library.custom_op("sparge_diffusers::masked_sparse_attention", mutates_args=())
+def _masked_sparse_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor,
+                      layer_key: str, scale: float) -> torch.Tensor:
+    """A masked call of a compiled model: the eager backend (mask read, padded keys removed, or dense)."""
+    previous = active_layer.call
+    active_layer.call = layer_by_key(layer_key)
+    try:
+        out = sparge_dispatch_attention(query, key, value, attn_mask=attn_mask, scale=None if scale < 0 else scale)
+    finally:
+        active_layer.call = previous
+    return out.clone() if out.data_ptr() in (query.data_ptr(), key.data_ptr(), value.data_ptr()) else out
+
+
+@_masked_sparse_op.register_fake
+def _(query, key, value, attn_mask, layer_key, scale):
+    return torch.empty_like(query)
+
+
 # key-padding masks
 
 
 class _Group:
     """Samples of a batch that share one set of valid keys."""
 
-    __slots__ = ("samples", "valid", "padded", "compact")
+    __slots__ = ("samples", "valid", "padded", "compact", "prefix")
 
     def __init__(self, samples: torch.Tensor, valid: torch.Tensor, padded: torch.Tensor, compact) -> None:
         self.samples = samples  # int64 [G] batch indices
         self.valid = valid  # int64 [V] valid key positions
         self.padded = padded  # int64 [S - V] padded positions (their query rows attend to the valid keys)
         self.compact = compact  # list of V host ints, for mapping ranges
+        # trailing padding (text last, HunyuanVideo): the valid tokens are the first V, sliced without a copy
+        self.prefix = compact[-1] == len(compact) - 1
 
 
 class KeyPaddingPlan:
@@ -225,17 +256,19 @@ class KeyPaddingPlan:
 
 def key_padding_plan(mask: torch.Tensor, batch: int, seq_q: int, seq_k: int, context: SpargeContext,
                      pair_ok: bool = False) -> Optional[KeyPaddingPlan]:
-    """Read a key-padding ``mask`` (cached per mask tensor within a forward), or None when it is not one (or while
-    compiling: reading the mask is data-dependent)."""
-    if torch.compiler.is_compiling():
-        log_once(logger, "backend-mask-compile", "sparge backend: attention masks are not read under torch.compile; "
-                 "masked calls use dense SDPA there")
-        return None
+    """Read a key-padding ``mask`` (small masks are cached per tensor: a model passes one mask to all its layers), or
+    None when it is not one. Eager only (the compiled path reaches it through an opaque op)."""
     key = (mask.data_ptr(), tuple(mask.shape), mask.dtype, mask._version if not mask.is_inference() else 0)
     cache = context.mask_cache
     if key in cache:
         return cache[key][1]
     plan = _read_key_padding(mask, batch, seq_q, seq_k, pair_ok)
+    if mask.numel() > MASK_CACHE_MAX_NUMEL:  # HunyuanVideo 1.5 builds an [B, 1, S, S] mask per layer: not kept
+        if plan is None:
+            log_once(logger, f"backend-mask-{tuple(mask.shape)}-{mask.dtype}", "sparge backend: an attention mask "
+                     "of shape %s (%s) is not a key-padding mask; those calls use dense SDPA with the mask",
+                     tuple(mask.shape), mask.dtype)
+        return plan
     if plan is None:
         log_once(logger, f"backend-mask-{tuple(mask.shape)}-{mask.dtype}", "sparge backend: an attention mask of "
                  "shape %s (%s) is not a key-padding mask; those calls use dense SDPA with the mask",
@@ -300,18 +333,28 @@ def _attend_key_padded(query, key, value, plan: KeyPaddingPlan, layer: LayerCall
     whole_batch = len(plan.groups) == 1
     for group in plan.groups:
         q, k, v = (x if whole_batch else x.index_select(0, group.samples) for x in (query, key, value))
-        q_valid, k_valid, v_valid = (x.index_select(1, group.valid) for x in (q, k, v))
+        if group.prefix:
+            n = len(group.compact)
+            q_valid, k_valid, v_valid = q[:, :n], k[:, :n], v[:, :n]
+        else:
+            q_valid, k_valid, v_valid = (x.index_select(1, group.valid) for x in (q, k, v))
         start, end = plan.compact_range(group, *text)
         visual_offset = end if start == 0 and end > 0 else 0
         part, sparsity, backend = attend(q_valid, k_valid, v_valid, layer=layer, layout="BSHD",
                                          keep_ranges=keep_ranges_for(layer, start, end), visual_offset=visual_offset,
                                          scale=scale)
         sparsities.append(sparsity)
-        rows = torch.empty_like(q)
-        rows.index_copy_(1, group.valid, part.to(q.dtype))
-        if group.padded.numel():
-            pad = native_backend()(q.index_select(1, group.padded), k_valid, v_valid, scale=scale)
-            rows.index_copy_(1, group.padded, pad.to(q.dtype))
+        if group.prefix and not group.padded.numel():
+            rows = part.to(q.dtype)
+        elif group.prefix:
+            pad = native_backend()(q[:, len(group.compact):], k_valid, v_valid, scale=scale)
+            rows = torch.cat([part.to(q.dtype), pad.to(q.dtype)], dim=1)
+        else:
+            rows = torch.empty_like(q)
+            rows.index_copy_(1, group.valid, part.to(q.dtype))
+            if group.padded.numel():
+                pad = native_backend()(q.index_select(1, group.padded), k_valid, v_valid, scale=scale)
+                rows.index_copy_(1, group.padded, pad.to(q.dtype))
         if whole_batch:
             out = rows
         else:

@@ -8,6 +8,8 @@ LAYER slot (`active_layer`) that the Sparge backend reads (the backend receives 
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
@@ -84,8 +86,6 @@ class SpargeContext:
         cur.dense_step = cur.step < self.config.dense_steps
         cur.permutation = None
         cur.entry_permutation = None
-        if self.mask_cache:
-            self.mask_cache = {}
 
     def _advance_step(self, timestep) -> None:
         cur = self.current
@@ -144,7 +144,21 @@ class LayerCall:
     name: Optional[str]
     sparse: bool = True
     text_hint: Optional[tuple] = None  # standalone processors only: (start, end) of the text when no hook ran
-    guard: BudgetGuard = field(default_factory=BudgetGuard)  # the error budget's drop masses across calls
+    guard: BudgetGuard = field(default_factory=BudgetGuard, compare=False)  # the error budget across calls
+    key: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        # a name for opaque ops that need the layer back (compiled masked calls): see `layer_by_key`
+        self.key = f"layer{next(_KEYS)}"
+        _LAYERS[self.key] = self
+
+
+_KEYS = itertools.count()
+_LAYERS: "weakref.WeakValueDictionary[str, LayerCall]" = weakref.WeakValueDictionary()
+
+
+def layer_by_key(key: str) -> LayerCall:
+    return _LAYERS[key]
 
 
 class _ActiveLayer:
@@ -158,4 +172,4 @@ class _ActiveLayer:
 
 active_layer = _ActiveLayer()
 
-__all__ = ["REORDER_AT", "LayerCall", "SpargeContext", "active_layer"]
+__all__ = ["REORDER_AT", "LayerCall", "SpargeContext", "active_layer", "layer_by_key"]

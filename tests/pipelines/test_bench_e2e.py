@@ -1,0 +1,21 @@
+"""scripts/bench_e2e.py --tiny: the end-to-end benchmark runs on the CPU with a tiny config and writes its CSV."""
+
+import csv
+import importlib.util
+from pathlib import Path
+
+
+def test_bench_e2e_tiny(tmp_path):
+    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_e2e.py"
+    spec = importlib.util.spec_from_file_location("bench_e2e", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "e2e"
+    assert bench.main(["--tiny", "--models", "tiny-wan", "--repeats", "1", "--settings", "lse:0.5",
+                       "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(f"{out}.csv")))
+    assert [(r["mode"], r["setting"]) for r in rows] == [
+        ("eager", "stock"), ("eager", "topk=1 (exactness)"), ("eager", "lse topk=0.5 hilbert")]
+    assert float(rows[1]["rel_l1_vs_stock"]) < 1e-3  # topk = 1: the fp32 reference path, rounding only
+    assert float(rows[2]["sparsity"]) > 0.3
+    assert (tmp_path / "e2e.md").read_text().count("tiny-wan") == 3
