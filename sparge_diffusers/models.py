@@ -38,9 +38,18 @@ EMBEDDED_MODELS = {"tiny": "cogvideox", "tiny-cogvideox": "cogvideox", "tiny-moc
 TINY_STEPS = 4  # denoising steps of the embedded tiny pipelines unless --steps is given
 NEGATIVE_PROMPT = ""  # the negative prompt of classifier-free guidance (families with `negative_prompt=True`)
 
-# diffusers pipeline class (model_index.json "_class_name") -> family; the Sparge wrappers save their stock name
-# with the "Sparge" prefix, which is stripped before the lookup.
-PIPELINE_FAMILIES = {"CogVideoXPipeline": "cogvideox", "MochiPipeline": "mochi", "FluxPipeline": "flux"}
+
+
+def _pipeline_families() -> Dict[str, str]:
+    """diffusers pipeline class (model_index.json ``"_class_name"``) -> family, from the integration's own table
+    (`sparge_diffusers.pipelines.family_for_pipeline_class`); the Sparge wrappers save their stock name with the
+    "Sparge" prefix, which is stripped before the lookup."""
+    from .pipelines import _PIPELINE_TABLE
+
+    return {name: family for name, (family, _) in _PIPELINE_TABLE.items()}
+
+
+PIPELINE_FAMILIES = _pipeline_families()
 
 
 def default_model() -> str:
@@ -87,6 +96,16 @@ def _mochi_frames(pipe, requested: int) -> int:
     return ratio * ((requested - 1) // ratio + 1) - (ratio - 1)
 
 
+def _one_plus(ratio: int) -> Callable[[object, int], int]:
+    """Frames of a VAE with temporal compression ``ratio`` that renders ``1 + ratio·k`` frames (Wan, HunyuanVideo: 4;
+    LTX: 8): the pipelines round other counts down to that form."""
+
+    def frames(pipe, requested: int) -> int:
+        return ratio * ((requested - 1) // ratio) + 1 if requested >= 1 else requested
+
+    return frames
+
+
 @dataclass(frozen=True)
 class FamilySpec:
     """What the command line needs to know about a model family (one row of `FAMILY_SPECS`)."""
@@ -108,6 +127,16 @@ FAMILY_SPECS: Dict[str, FamilySpec] = {
                         min_steps_reason="its linear-quadratic sigma schedule divides by steps // 2",
                         decoded_frames=_mochi_frames, text_length=("max_sequence_length", "max_sequence_length")),
     "flux": FamilySpec("flux", video=False, fps=1.0, negative_prompt=False),
+    # dispatch-based families: what their diffusers 0.42 pipelines do by default (CFG with a negative prompt for Wan
+    # and LTX; guidance-distilled HunyuanVideo; Qwen-Image's true CFG only with a negative prompt)
+    "wan": FamilySpec("wan", video=True, fps=16.0, negative_prompt=True, decoded_frames=_one_plus(4)),
+    "hunyuan_video": FamilySpec("hunyuan_video", video=True, fps=24.0, negative_prompt=False,
+                                decoded_frames=_one_plus(4)),
+    "hunyuan_video15": FamilySpec("hunyuan_video15", video=True, fps=24.0, negative_prompt=False,
+                                  decoded_frames=_one_plus(4)),
+    "ltx": FamilySpec("ltx", video=True, fps=24.0, negative_prompt=True, decoded_frames=_one_plus(8)),
+    "flux2": FamilySpec("flux2", video=False, fps=1.0, negative_prompt=False),
+    "qwenimage": FamilySpec("qwenimage", video=False, fps=1.0, negative_prompt=False),
 }
 
 

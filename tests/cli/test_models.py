@@ -69,3 +69,23 @@ def test_folder_with_text_encoder_encodes_prompts(cli, tiny_cogvideox_t5_dir, tm
 
     red, blue = (read_media(tmp_path / f"{stem}-seed0.png") for stem in ("a-red-ball", "a-blue-cube"))
     assert not np.array_equal(red, blue)  # the text encoder's embeddings differ per prompt
+
+
+@pytest.mark.parametrize("class_name, family", [("WanPipeline", "wan"), ("SpargeWanPipeline", "wan"),
+                                                ("HunyuanVideoPipeline", "hunyuan_video"), ("LTXPipeline", "ltx"),
+                                                ("QwenImagePipeline", "qwenimage"), ("Flux2Pipeline", "flux2")])
+def test_dispatch_families_are_discovered_from_model_index(tmp_path, class_name, family):
+    import json
+
+    from sparge_diffusers.models import FAMILY_SPECS, detect_family
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
+    assert detect_family(tmp_path) == family and family in FAMILY_SPECS
+
+
+def test_one_plus_frame_rules():
+    from sparge_diffusers.models import FAMILY_SPECS
+
+    wan, ltx = FAMILY_SPECS["wan"].decoded_frames, FAMILY_SPECS["ltx"].decoded_frames
+    assert [wan(None, n) for n in (1, 2, 5, 81, 83)] == [1, 1, 5, 81, 81]
+    assert [ltx(None, n) for n in (1, 9, 12, 161)] == [1, 9, 9, 161]
