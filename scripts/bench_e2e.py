@@ -255,9 +255,13 @@ def run_model(name: str, args, rows: List[Dict], meta: Dict):
 
     settings = [("topk=1 (exactness)", SpargeConfig(topk=1.0, sim_threshold=None, check_finite=False))]
     for item in args.settings:
-        predictor, topk = item.split(":")
-        settings.append((f"{predictor} topk={topk} hilbert", SpargeConfig(
-            topk=float(topk), predictor=predictor, sim_threshold=None, reorder="hilbert", check_finite=False)))
+        predictor, value = item.split(":")
+        if predictor == "eps":  # the error budget (the library default), lse predictor
+            settings.append((f"lse eps={value} hilbert", SpargeConfig(
+                target_error=float(value), sim_threshold=None, reorder="hilbert", check_finite=False)))
+            continue
+        settings.append((f"{predictor} topk={value} hilbert", SpargeConfig(
+            topk=float(value), predictor=predictor, sim_threshold=None, reorder="hilbert", check_finite=False)))
 
     with torch.no_grad():
         model(**kwargs, return_dict=False)
@@ -337,7 +341,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/e2e")
     parser.add_argument("--models", nargs="+", default=None, choices=list(MODELS) + list(TINY_MODELS))
-    parser.add_argument("--settings", nargs="+", default=["lse:0.5", "lse:0.3", "sparge:0.5"],
+    parser.add_argument("--settings", nargs="+", default=["lse:0.5", "lse:0.3", "sparge:0.5", "eps:0.05"],
                         help="PREDICTOR:TOPK pairs run with Hilbert order")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layers", type=int, default=None,

@@ -18,7 +18,10 @@ for part in "$@"; do
   log="$OUT/$part.log"
   case "$part" in
     setup) : ;;
-    tests) python3 -m pytest -q -m gpu $(grep -rl "mark.gpu" tests/) -p no:cacheprovider > "$log" 2>&1 ;;
+    e2e) timeout "${E2E_TIMEOUT:-230}" python3 scripts/bench_e2e.py --models wan21-1.3b-480p wan21-14b-720p \
+           hunyuan-720p-129f --layers "${LAYERS:-4}" --repeats 2 --settings lse:0.5 eps:0.05 ${E2E_ARGS:-} \
+           --out "$OUT/e2e_video" > "$log" 2>&1 ;;
+    tests) timeout "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -m gpu $(grep -rl "mark.gpu" tests/) -p no:cacheprovider > "$log" 2>&1 ;;
     crossover) python3 scripts/bench_crossover.py --out "$OUT/crossover_h200.csv" --table "$OUT/sm90.json" \
                  > "$log" 2>&1 ;;
     budget-cost) python3 scripts/bench_budget.py --out "$OUT/budget_cost_h200.csv" > "$log" 2>&1 ;;
