@@ -30,6 +30,8 @@ chunked over heads so that a 45K-token call stays within a few hundred MB).
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .geometry import block_token_counts, num_blocks
@@ -57,11 +59,16 @@ def sample_rows(seq_len_q: int, block_m: int, rows: int, device=None) -> torch.T
     return blocks * block_m + offset
 
 
-def naive_row_partials(q_rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, block_n: int):
+def naive_row_partials(q_rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, block_n: int,
+                       low_precision: bool = False):
     """Exact per-key-block softmax partial sums of some query rows.
 
     Args:
         q_rows: ``[G, R, D]``; k, v: ``[G, Sk, D]`` (G = batch·heads of a chunk).
+        low_precision: run the two matmuls on bf16 operands (tensor cores; what the GPU path does). The scores
+            and the per-block sums are then rounded to bf16 (relative 2⁻⁸) before the fp32 exponentials and sums;
+            the reference and every candidate selection are measured from the same rounded partials, so the
+            rounding perturbs each block's share by well under a percent, not the difference between selections.
     Returns:
         ``z [G, R, NK]`` fp32 and ``u [G, R, NK, D]`` fp32 (scores shifted by each row's max).
     """
@@ -69,14 +76,16 @@ def naive_row_partials(q_rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     sk = k.shape[1]
     nk = num_blocks(sk, block_n)
     pad = nk * block_n - sk
-    scores = torch.matmul(q_rows.float(), k.float().transpose(-1, -2)) * scale  # [G, R, Sk]
+    operand = torch.bfloat16 if low_precision else torch.float32
+    scores = torch.matmul((q_rows.float() * scale).to(operand), k.to(operand).transpose(-1, -2)).float()  # [G,R,Sk]
     scores = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
     if pad:
         scores = torch.nn.functional.pad(scores, (0, pad))
     weights = scores.view(g, r, nk, block_n)
     z = weights.sum(-1)  # [G, R, NK]
-    vb = torch.nn.functional.pad(v.float(), (0, 0, 0, pad)).view(g, nk, block_n, v.shape[-1])
-    u = torch.einsum("grjc,gjcd->grjd", weights, vb)  # [G, R, NK, D]
+    vb = torch.nn.functional.pad(v.to(operand), (0, 0, 0, pad)).view(g, nk, block_n, v.shape[-1])
+    # [G, NK, R, bn] x [G, NK, bn, D] -> [G, NK, R, D]: one batched matmul over (chunk, key block)
+    u = torch.matmul(weights.to(operand).transpose(1, 2), vb).transpose(1, 2).float()  # [G, R, NK, D]
     return z, u
 
 
@@ -129,7 +138,7 @@ def choose_drop_mass(errors: torch.Tensor, target: float, ladder) -> torch.Tenso
 def budget_drop_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probs: torch.Tensor, *, target_error: float,
                      block_m: int, block_n: int, scale: float, forced_rows: torch.Tensor, forced_cols: torch.Tensor,
                      rows: int = GUARD_ROWS, margin: float = GUARD_MARGIN,
-                     max_chunk_elements: int = 1 << 25) -> torch.Tensor:
+                     max_chunk_elements: int = 1 << 25, low_precision: Optional[bool] = None) -> torch.Tensor:
     """Per-(batch, head) drop mass δ meeting the error budget ε on sampled exact rows (see the module docstring).
 
     Args:
@@ -138,6 +147,7 @@ def budget_drop_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probs: t
         forced_rows: bool ``[NQ]`` (or ``[B, H, NQ]``), forced_cols: bool ``[NK]`` (or ``[B, H, NK]``): blocks the
             selection always keeps.
         rows: sampled rows per (batch, head); margin: the share of ε the sampled error may use.
+        low_precision: bf16 matmuls for the sampled rows (`naive_row_partials`); default: on CUDA tensors.
     Returns:
         fp32 ``[B, H]`` drop masses (`KEEP_ALL` where no δ meets the budget).
     """
@@ -159,7 +169,8 @@ def budget_drop_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probs: t
     out = torch.empty(b * h, dtype=torch.float32, device=q.device)
     for g0 in range(0, b * h, chunk):
         g1 = min(b * h, g0 + chunk)
-        z, u = naive_row_partials(qf[g0:g1, row_index], kf[g0:g1], vf[g0:g1], scale=scale, block_n=block_n)
+        z, u = naive_row_partials(qf[g0:g1, row_index], kf[g0:g1], vf[g0:g1], scale=scale, block_n=block_n,
+                                  low_precision=q.is_cuda if low_precision is None else low_precision)
         errors = drop_errors(probs_rows[g0:g1], fc[g0:g1], fr[g0:g1], z, u, DROP_MASS_LADDER)
         out[g0:g1] = choose_drop_mass(errors, target, DROP_MASS_LADDER)
     return out.view(b, h)

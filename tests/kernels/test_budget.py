@@ -51,6 +51,29 @@ def test_drop_errors_match_direct_computation(gen, seq_len):
         torch.testing.assert_close(errors[:, c], direct, rtol=1e-4, atol=1e-6)
 
 
+def test_low_precision_partials_give_the_same_budget(gen):
+    """The GPU's bf16 matmuls for the sampled rows change the measured errors by far less than the margin."""
+    q, k, v, geo = _family("clip", "default", heads=(0, 5, 9))
+    scale = q.shape[-1] ** -0.5
+    probs = naive_lse_block_probs(q, k, block_m=128, block_n=128, scale=scale)
+    fr, fc = naive_forced_blocks(q, k, block_m=128, block_n=128, keep_ranges=[geo.text_range])
+    rows = B.sample_rows(q.shape[2], 128, 96)
+    blocks = torch.div(rows, 128, rounding_mode="floor")
+    qf, kf, vf = (x.reshape(3, -1, x.shape[-1]) for x in (q, k, v))
+    errs = []
+    for low in (False, True):
+        z, u = B.naive_row_partials(qf[:, rows], kf, vf, scale=scale, block_n=128, low_precision=low)
+        errs.append(B.drop_errors(probs.reshape(3, -1, probs.shape[-1])[:, blocks], fc.reshape(3, -1),
+                                  fr.reshape(3, -1)[:, blocks], z, u, B.DROP_MASS_LADDER))
+    torch.testing.assert_close(errs[1], errs[0], rtol=0.05, atol=2e-3)
+    exact = B.budget_drop_mass(q, k, v, probs, target_error=0.05, block_m=128, block_n=128, scale=scale,
+                               forced_rows=fr, forced_cols=fc, low_precision=False)
+    low = B.budget_drop_mass(q, k, v, probs, target_error=0.05, block_m=128, block_n=128, scale=scale,
+                             forced_rows=fr, forced_cols=fc, low_precision=True)
+    ratio = torch.log2(low.clamp_min(1e-6) / exact.clamp_min(1e-6)).abs()
+    assert ratio.max() <= 0.5  # at most one rung of the √2 ladder apart
+
+
 def test_choose_drop_mass_takes_the_largest_safe_prefix():
     ladder = (0.5, 0.25, 0.125, 0.0625)
     errors = torch.tensor([[0.20, 0.04, 0.03, 0.01],   # 0.25 is the largest with every smaller one ok
