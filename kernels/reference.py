@@ -52,7 +52,7 @@ def naive_sparge_attention(
     scale: Optional[float] = None,
     block_m: int = 128,
     block_n: int = 64,
-    topk: Optional[float] = None,
+    topk: Optional[float] = 0.5,
     cdf_threshold: Optional[float] = None,
     sim_threshold: Optional[float] = None,
     pv_threshold: Optional[float] = None,

@@ -12,8 +12,8 @@ A `SpargeConfig` names at most one of four rules; the reference, the Triton laun
 - ``"budget"``: the error budget ε. The least massive blocks are dropped up to a drop mass δ chosen per (batch,
   head) so that the measured error of the selection on sampled exact rows stays within ε (`kernels.budget`).
 
-Precedence when several are given: ``predictor="full"``, then ``topk``, then ``cdf_threshold``, then
-``target_error`` (the default rule of `SpargeConfig`, so that naming top-k or τ is enough to use it).
+Precedence when several are given: ``predictor="full"``, then ``target_error``, then ``topk``, then
+``cdf_threshold`` (`SpargeConfig` defaults to top-k 0.5, so naming ε is enough to use the budget).
 """
 
 from __future__ import annotations
@@ -67,12 +67,12 @@ def resolve_selection(*, predictor: str, topk: Optional[float], cdf_threshold: O
     """The rule a setting selects with (see the module docstring for the precedence)."""
     if predictor == "full":
         return Selection("all")
+    if target_error is not None:
+        return Selection("budget", float(target_error))
     if topk is not None:
         return Selection("all") if topk >= 1.0 else Selection("topk", float(topk))
     if cdf_threshold is not None:
         return Selection("all") if cdf_threshold >= 1.0 else Selection("cdf", float(cdf_threshold))
-    if target_error is not None:
-        return Selection("budget", float(target_error))
     raise ValueError("a selection needs target_error, topk or cdf_threshold (or predictor='full')")
 
 

@@ -96,10 +96,10 @@ def config_from_args(args: argparse.Namespace) -> SpargeConfig:
                                        ("--target-error", args.target_error)) if value is not None]
     if len(chosen) > 1:
         raise UsageError(f"give one of --topk, --cdf-threshold, --target-error, not {' and '.join(chosen)}")
-    target_error = args.target_error if chosen else SpargeConfig.target_error  # the default rule: the error budget
+    topk = args.topk if args.topk is not None else (SpargeConfig.topk if not chosen else None)
     model = model_from_args(args)
     try:
-        return SpargeConfig(topk=args.topk, cdf_threshold=args.cdf_threshold, target_error=target_error,
+        return SpargeConfig(topk=topk, cdf_threshold=args.cdf_threshold, target_error=args.target_error,
                             predictor=args.predictor, sim_threshold=resolve_sim_threshold(args.sim_threshold, model),
                             pv_threshold=args.pv_threshold, precision=args.precision, reorder=args.reorder,
                             dense_steps=args.dense_steps, block_n=resolve_block_n(args.block_n, model),

@@ -17,7 +17,7 @@ import time
 from .arguments import (add_model_arguments, device_and_dtype, model_from_args, quiet_libraries,
                         resolve_block_n, settings_from_args)
 from .calibration import CalibrationRecorder
-from .config import PREDICTORS, SpargeConfig
+from .config import DEFAULT_TARGET_ERROR, PREDICTORS, SpargeConfig
 from .errors import UsageError
 from .media import check_writable
 from .models import load_model
@@ -32,8 +32,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("-o", "--output", default="calibration.json", metavar="JSON",
                         help="calibration file to write (default: calibration.json)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    parser.add_argument("--target-error", type=float, default=SpargeConfig.target_error, metavar="EPS",
-                        help=f"ε in (0, 1) (default: {SpargeConfig.target_error})")
+    parser.add_argument("--target-error", type=float, default=DEFAULT_TARGET_ERROR, metavar="EPS",
+                        help=f"ε in (0, 1) (default: {DEFAULT_TARGET_ERROR})")
     parser.add_argument("--predictor", choices=[p for p in PREDICTORS if p != "full"], default=SpargeConfig.predictor)
     parser.add_argument("--block-n", choices=("auto", "64", "128"), default="auto",
                         help="key block size in tokens (default: 128, 64 for the embedded random-weight models)")

@@ -53,13 +53,15 @@ def _check_ranges(name: str, ranges) -> Tuple[TokenRange, ...]:
 class SpargeConfig:
     """How sparse attention is predicted and computed.
 
-    Selection (exactly one rule is used, decided by `kernels.selection.resolve_selection`: ``topk`` when given,
-    else ``cdf_threshold``, else ``target_error``, the default):
-        target_error: ε in (0, 1): the relative L1 error budget of the block selection against dense attention
-            (default `DEFAULT_TARGET_ERROR`). Per (batch, head) the least massive key blocks are dropped up to the
-            largest drop mass whose error on sampled exact rows of the call stays within ε; where none does, every
-            block is kept. Quantization adds its own error on top (`PRECISION_ERROR_FLOOR`).
-        topk: fraction of key blocks kept per query block, in (0, 1], or None. ``1.0`` is dense attention.
+    Selection (exactly one rule is used, decided by `kernels.selection.resolve_selection`: ``target_error`` when
+    given, else ``topk``, else ``cdf_threshold``):
+        target_error: ε in (0, 1) or None: the relative L1 error budget of the block selection against dense
+            attention (`DEFAULT_TARGET_ERROR` is the value the CLI and the docs suggest). Per (batch, head) the least
+            massive key blocks are dropped up to the largest drop mass whose error on sampled exact rows stays within
+            ε; where none does, every block is kept. Quantization adds its own error (`PRECISION_ERROR_FLOOR`).
+            Measuring costs 0.3-1.7x a dense attention call on an H200 (benchmarks/results/budget_eval.md): pass a
+            `BudgetGuard` (the diffusers integration keeps one per layer) or a ``calibration`` to reuse it.
+        topk: fraction of key blocks kept per query block, in (0, 1]. ``1.0`` is dense attention.
         cdf_threshold: τ in (0, 1] or None; TopCdf selection of key blocks by predicted mass.
         calibration: path of a calibration JSON (``sparge-diffusers calibrate``): per layer and head drop masses
             that meet ε, used instead of measuring them (layers not in the file are measured).
@@ -95,7 +97,7 @@ class SpargeConfig:
             ``"sparse"``: always the sparse path.
     """
 
-    topk: Optional[float] = None
+    topk: Optional[float] = 0.5
     cdf_threshold: Optional[float] = None
     sim_threshold: Optional[float] = 0.6
     pv_threshold: Optional[float] = None
@@ -110,7 +112,7 @@ class SpargeConfig:
     dense_steps: int = 0
     dense_layers: Tuple[int, ...] = ()
     check_finite: bool = True
-    target_error: Optional[float] = 0.05  # last, so that positional arguments keep their meaning
+    target_error: Optional[float] = None  # last, so that positional arguments keep their meaning
     calibration: Optional[str] = None
     speed_rule: str = "auto"
 

@@ -48,13 +48,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     add_model_arguments(parser)
     group = parser.add_argument_group("sparse attention (SpargeConfig)")
-    group.add_argument("--topk", type=float, default=None, help="fraction of key blocks kept per query block, (0, 1]; "
-                                                                "replaces the error budget")
+    group.add_argument("--topk", type=float, default=None, help="fraction of key blocks kept per query block, (0, 1] "
+                                                                "(default: 0.5 unless --cdf-threshold or "
+                                                                "--target-error is given)")
     group.add_argument("--cdf-threshold", type=float, default=None, metavar="TAU",
                        help="τ: TopCdf selection, keep blocks until their predicted mass reaches τ")
     group.add_argument("--target-error", type=float, default=None, metavar="EPS",
-                       help=f"ε in (0, 1): relative L1 error budget of the block selection against dense attention "
-                            f"(default: {SpargeConfig.target_error}, used unless --topk or --cdf-threshold is given)")
+                       help="ε in (0, 1): relative L1 error budget of the block selection against dense attention "
+                            "(e.g. 0.05); replaces --topk and --cdf-threshold")
     group.add_argument("--calibration", default=None, metavar="JSON",
                        help="per layer and head budgets from `sparge-diffusers calibrate` (same ε)")
     group.add_argument("--predictor", choices=PREDICTORS, default=SpargeConfig.predictor,

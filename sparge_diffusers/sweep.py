@@ -99,7 +99,7 @@ def expand_grid(topk: Sequence[float] = (), cdf_threshold: Sequence[float] = (),
         try:
             config = SpargeConfig(topk=value if kind == "topk" else None,
                                   cdf_threshold=value if kind == "cdf" else None,
-                                  target_error=value if kind == "eps" else SpargeConfig.target_error, calibration=cal,
+                                  target_error=value if kind == "eps" else None, calibration=cal,
                                   sim_threshold=sim,
                                   pv_threshold=pv, dense_steps=steps, reorder=order, precision=prec, block_n=block_n)
         except ValueError as error:

@@ -19,11 +19,10 @@ def test_generate_default_model_writes_video_and_sidecar(cli, fast, tmp_path, li
     assert sidecar["prompt"] == "a red ball rolling"
     assert sidecar["model"] == {"source": "embedded:tiny-cogvideox", "family": "cogvideox", "embedded": True,
                                 "prompt_encoding": "hash embeddings"}
-    assert sidecar["sparge"]["topk"] is None and sidecar["sparge"]["target_error"] == 0.05  # the error budget
-    assert sidecar["sparge"]["sim_threshold"] is None  # auto: off on tiny
+    assert sidecar["sparge"]["topk"] == 0.5 and sidecar["sparge"]["sim_threshold"] is None  # auto: off on tiny
     assert sidecar["settings"]["call"]["num_inference_steps"] == 1
     assert sidecar["timings"]["render_s"] > 0 and len(sidecar["timings"]["step_s"]) == 1
-    assert 0.0 <= sidecar["sparsity"]["mean"] < 1.0
+    assert 0.0 < sidecar["sparsity"]["mean"] < 1.0
     assert set(sidecar["sparsity"]["by_step"]) == {"0"}
     frames = read_media(tmp_path / "a-red-ball-rolling-seed0.mp4")
     assert frames.shape == (9, 64, 64, 3) and sidecar["media"]["frames"] == 9  # --frames 9: 9 frames

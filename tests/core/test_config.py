@@ -5,7 +5,7 @@ from sparge_diffusers import SpargeConfig
 
 def test_defaults_are_valid_and_frozen():
     config = SpargeConfig()
-    assert config.selection.rule == "budget" and config.target_error == 0.05 and config.topk is None
+    assert config.selection.rule == "topk" and config.topk == 0.5 and config.target_error is None
     assert config.precision == "int8-fp8"
     with pytest.raises(Exception):
         config.topk = 0.3
@@ -18,7 +18,7 @@ def test_defaults_are_valid_and_frozen():
         ({"topk": 1.5}, "topk"),
         ({"topk": -0.1}, "topk"),
         ({"topk": None, "cdf_threshold": 0.0}, "cdf_threshold"),
-        ({"topk": None, "cdf_threshold": None, "target_error": None}, "topk"),
+        ({"topk": None, "cdf_threshold": None}, "topk"),
         ({"calibration": 3}, "calibration"),
         ({"sim_threshold": 2.0}, "sim_threshold"),
         ({"pv_threshold": 3.0}, "pv_threshold"),

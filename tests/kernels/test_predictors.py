@@ -159,10 +159,10 @@ def test_target_error_is_validated(bad):
 
 
 def test_selection_precedence():
-    """The default rule is the error budget; naming top-k or τ selects that rule instead."""
-    assert SpargeConfig().selection == S.Selection("budget", 0.05)
+    """Top-k 0.5 by default; ε wins over top-k and τ; τ applies when top-k is None."""
+    assert SpargeConfig().selection == S.Selection("topk", 0.5)
     assert SpargeConfig(target_error=0.02).selection == S.Selection("budget", 0.02)
-    assert SpargeConfig(topk=0.5).selection == S.Selection("topk", 0.5)
-    assert SpargeConfig(cdf_threshold=0.9).selection == S.Selection("cdf", 0.9)
+    assert SpargeConfig(topk=0.3, target_error=0.05).selection == S.Selection("budget", 0.05)
+    assert SpargeConfig(topk=None, cdf_threshold=0.9).selection == S.Selection("cdf", 0.9)
     assert SpargeConfig(topk=1.0).is_dense and SpargeConfig(predictor="full").is_dense
     assert not SpargeConfig().is_dense
