@@ -303,9 +303,8 @@ def main(argv=None) -> None:
             stopped = True
             break
     save_ckpt()
-    if stopped or not args.export:
-        return
-    export_pipeline(args, pipe, ema, scaling, state)
+    if args.export:  # a stopped run exports its EMA weights too (training.json records the steps done)
+        export_pipeline(args, pipe, ema, scaling, state)
 
 
 def export_pipeline(args, pipe, ema, scaling, state) -> None:
@@ -321,7 +320,8 @@ def export_pipeline(args, pipe, ema, scaling, state) -> None:
     out.save_pretrained(args.export, safe_serialization=True)
     fix_tokenizer_class(args.export)
     with open(os.path.join(args.export, "training.json"), "w") as f:
-        json.dump({"seed": args.seed, "vae_steps": state.get("vae_steps"), "steps": state["steps"], "batch": args.batch,
+        json.dump({"seed": args.seed, "vae_steps": state.get("vae_steps"), "steps": state["steps"], "steps_done": state["step"],
+                   "batch": args.batch,
                    "large_batch": args.large_batch, "large_every": args.large_every, "lr": args.lr,
                    "stage2_seconds": round(state["seconds"], 1), "scaling_factor": scaling}, f, indent=2)
     logger.info("exported %s", args.export)
