@@ -97,6 +97,10 @@ def main(argv=None) -> None:
     prompts = eval_prompts(args.prompts)
     rows = []
     t_start = time.time()
+    tag = args.tag or (("smoke" if args.smoke else args.size) + f"-{args.device.split(':')[0]}")
+    os.makedirs(args.out, exist_ok=True)
+    dense = {}
+    done = []
     for name, config in settings(block_n):
         if config is not None:
             apply_sparge(pipe, config, collect_stats=True)
@@ -107,34 +111,41 @@ def main(argv=None) -> None:
                     get_sparge_stats(pipe).reset()
                 frames = render(pipe, prompt, seed, call)
                 check = check_video(frames, prompt)
-                row = {"setting": name, "prompt": prompt, "seed": seed, "colour": check.colour,
-                       "motion": check.motion, "colour_ok": check.colour_ok, "motion_ok": check.motion_ok,
-                       "sparsity": 0.0 if config is None else round(get_sparge_stats(pipe).mean_sparsity, 4),
-                       "frames": frames}
-                rows.append(row)
+                if config is None:
+                    dense[(prompt, seed)] = frames
+                ref = dense[(prompt, seed)]
+                rows.append({"setting": name, "prompt": prompt, "seed": seed, "colour": check.colour,
+                             "motion": check.motion, "colour_ok": check.colour_ok, "motion_ok": check.motion_ok,
+                             "sparsity": 0.0 if config is None else round(get_sparge_stats(pipe).mean_sparsity, 4),
+                             "psnr": float("inf") if config is None else round(psnr(frames, ref), 3),
+                             "ssim": 1.0 if config is None else round(ssim(frames, ref), 4),
+                             "frames": frames, "check": check})
         if config is not None:
             remove_sparge(pipe)
+        done.append(name)
         print(f"{name}: {len(prompts) * args.seeds} renders in {time.time() - t0:.1f} s", flush=True)
-    dense = {(r["prompt"], r["seed"]): r["frames"] for r in rows if r["setting"] == "dense"}
-    for r in rows:
-        ref = dense[(r["prompt"], r["seed"])]
-        r["psnr"] = float("inf") if r["setting"] == "dense" else round(psnr(r["frames"], ref), 3)
-        r["ssim"] = 1.0 if r["setting"] == "dense" else round(ssim(r["frames"], ref), 4)
-    tag = args.tag or (("smoke" if args.smoke else args.size) + f"-{args.device.split(':')[0]}")
-    os.makedirs(args.out, exist_ok=True)
+        write_results(args, call, block_n, dtype, prompts, rows, done, tag, time.time() - t_start)
+        if config is None and args.samples:
+            write_samples(args, rows, tag)
+    print(open(os.path.join(args.out, f"eval_{tag}.md")).read())
+
+
+def write_samples(args, rows, tag) -> None:
+    import imageio.v3 as iio
+
+    sel = [r for r in rows if r["setting"] == "dense"][: args.samples]
+    sheet = np.concatenate([np.concatenate(list(r["frames"][:: max(1, len(r["frames"]) // 4)]), 1) for r in sel], 0)
+    iio.imwrite(os.path.join(args.out, f"samples_{tag}.png"), sheet)
+    with open(os.path.join(args.out, f"samples_{tag}.txt"), "w") as f:
+        f.write("\n".join(f"{r['prompt']} (seed {r['seed']}): checker {r['colour']}, {r['motion']}" for r in sel))
+
+
+def write_results(args, call, block_n, dtype, prompts, rows, done, tag, seconds) -> None:
     fields = ["setting", "prompt", "seed", "colour", "motion", "colour_ok", "motion_ok", "sparsity", "psnr", "ssim"]
     with open(os.path.join(args.out, f"eval_{tag}.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    if args.samples:
-        import imageio.v3 as iio
-
-        sel = [r for r in rows if r["setting"] == "dense"][: args.samples]
-        sheet = np.concatenate([np.concatenate(list(r["frames"][:: max(1, len(r["frames"]) // 4)]), 1) for r in sel], 0)
-        iio.imwrite(os.path.join(args.out, f"samples_{tag}.png"), sheet)
-        with open(os.path.join(args.out, f"samples_{tag}.txt"), "w") as f:
-            f.write("\n".join(f"{r['prompt']} (seed {r['seed']}): checker {r['colour']}, {r['motion']}" for r in sel))
     h, w, t = call["height"], call["width"], call["num_frames"]
     lines = [f"# Sparse vs dense on the embedded model ({args.size} size: {t} x {h} x {w}, "
              f"{call['num_inference_steps']} steps, guidance {call['guidance_scale']})", "",
@@ -142,20 +153,17 @@ def main(argv=None) -> None:
              f"PSNR / SSIM against the dense render of the same seed; checker accuracy against the prompt.", "",
              "| setting | sparsity | PSNR dB (mean / min) | SSIM | colour acc | motion acc | both |",
              "|---|---|---|---|---|---|---|"]
-    for name, _ in settings(block_n):
+    for name in done:
         sel = [r for r in rows if r["setting"] == name]
-        acc = accuracy([check_video(r["frames"], r["prompt"]) for r in sel])
+        acc = accuracy([r["check"] for r in sel])
         finite = [r["psnr"] for r in sel if math.isfinite(r["psnr"])]
-        psnr_text = "dense" if name == "dense" else f"{np.mean(finite):.2f} / {np.min(finite):.2f}"
+        psnr_text = "dense" if not finite else f"{np.mean(finite):.2f} / {np.min(finite):.2f}"
         lines.append(f"| {name} | {np.mean([r['sparsity'] for r in sel]):.3f} | {psnr_text} | "
                      f"{np.mean([r['ssim'] for r in sel]):.4f} | {acc['colour']:.3f} | {acc['motion']:.3f} | "
                      f"{acc['both']:.3f} |")
-    lines.append("")
-    lines.append(f"Total {time.time() - t_start:.0f} s.")
-    text = "\n".join(lines) + "\n"
+    lines += ["", f"{seconds:.0f} s in all."]
     with open(os.path.join(args.out, f"eval_{tag}.md"), "w") as f:
-        f.write(text)
-    print(text)
+        f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -72,16 +72,37 @@ def parse_args(argv=None):
                                                                 "this run, 0 = never")
     p.add_argument("--ckpt-every", type=float, default=120.0, help="seconds between checkpoints")
     p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--object-weight", type=float, default=0.0,
+                   help="extra loss weight on latent cells the object covers (loss weight 1 + w * mask)")
+    p.add_argument("--init-from", default=None, help="start stage 2 from an exported pipeline folder (its VAE, "
+                                                     "scale, transformer and text encoder); stage 1 is skipped")
     p.add_argument("--smoke", action="store_true", help="toy sizes and a few steps (CPU test of the whole path)")
     return p.parse_args(argv)
 
 
-def clips(step_seed: int, batch: int, size: dict, device) -> tuple:
-    """Procedural clips as VAE input ``[B, 3, F, H, W]`` in [-1, 1] and their captions."""
+def clips(step_seed: int, batch: int, size: dict, device, with_data: bool = False) -> tuple:
+    """Procedural clips as VAE input ``[B, 3, F, H, W]`` in [-1, 1] and their captions (and the batch)."""
     data = procedural_batch(batch, frames=size["num_frames"], height=size["height"], width=size["width"],
                             seed=step_seed, device=device)
     video = data.frames.permute(0, 4, 1, 2, 3).mul(2.0).sub(1.0).contiguous()
-    return video, data.captions
+    return (video, data.captions, data) if with_data else (video, data.captions)
+
+
+def object_mask(data, latent_shape, spatial: int, temporal: int, device) -> torch.Tensor:
+    """1 on latent cells that the object covers in any of their frames, else 0: ``[B, F', 1, h, w]``.
+
+    Latent frame 0 is pixel frame 0, latent frame j >= 1 covers pixel frames 4j-3 .. 4j (CogVideoX's causal VAE).
+    """
+    b, lf, _, h, w = latent_shape
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * spatial
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * spatial
+    cx = data.centroids[..., 0].to(device)  # [B, T] pixels
+    cy = data.centroids[..., 1].to(device)
+    rad = data.radius.to(device)
+    d = ((xs.view(1, 1, 1, w) - cx[..., None, None]) ** 2 + (ys.view(1, 1, h, 1) - cy[..., None, None]) ** 2).sqrt()
+    inside = (d <= rad[..., None, None] + spatial).float()  # [B, T, h, w]
+    groups = [inside[:, :1]] + [inside[:, 1 + temporal * (j - 1): 1 + temporal * j] for j in range(1, lf)]
+    return torch.stack([g.amax(1) for g in groups], 1)[:, :, None]
 
 
 def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
@@ -139,6 +160,18 @@ def main(argv=None) -> None:
     ema = {"transformer": copy.deepcopy(transformer).eval().requires_grad_(False),
            "text_encoder": copy.deepcopy(text_encoder).eval().requires_grad_(False)}
     resume = os.path.exists(ckpt_path)
+    if args.init_from and not resume:
+        from diffusers import CogVideoXPipeline
+
+        init = CogVideoXPipeline.from_pretrained(args.init_from)
+        vae.load_state_dict(init.vae.float().state_dict())
+        transformer.load_state_dict(init.transformer.float().state_dict())
+        text_encoder.load_state_dict(init.text_encoder.float().state_dict())
+        for name, live in (("transformer", transformer), ("text_encoder", text_encoder)):
+            ema[name].load_state_dict(live.state_dict())
+        state.update(stage="diffusion", step=0, scaling_factor=float(init.vae.config.scaling_factor))
+        logger.info("stage 2 starts from %s (scaling_factor %.4f)", args.init_from, state["scaling_factor"])
+        del init
     if resume:
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         vae.load_state_dict(ck["vae"]), transformer.load_state_dict(ck["transformer"])
@@ -241,7 +274,8 @@ def main(argv=None) -> None:
         is_large = args.large_every > 0 and step % args.large_every == args.large_every - 1
         size, batch = (large, args.large_batch) if is_large else (small, args.batch)
         g = torch.Generator(device="cpu").manual_seed(args.seed * 7_000_001 + step)
-        x, captions = clips(args.seed * 1_000_003 + 500_000 + step, batch, size, device)
+        x, captions, data = clips(args.seed * 1_000_003 + 500_000 + step + (10 ** 6 if args.init_from else 0),
+                                  batch, size, device, with_data=True)
         drop = torch.rand(batch, generator=g) < args.caption_dropout
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
         with torch.no_grad(), autocast:
@@ -258,7 +292,12 @@ def main(argv=None) -> None:
             text = embed(captions, text_encoder)
             pred = transformer(hidden_states=noisy, encoder_hidden_states=text, timestep=t,
                                image_rotary_emb=rope(size, latents.shape[1]), return_dict=False)[0]
-        loss = torch.nn.functional.mse_loss(pred.float(), target)
+        if args.object_weight > 0:
+            weight = 1.0 + args.object_weight * object_mask(data, latents.shape, pipe.vae_scale_factor_spatial,
+                                                            pipe.vae_scale_factor_temporal, device)
+            loss = ((pred.float() - target) ** 2 * weight).mean() / weight.mean()
+        else:
+            loss = torch.nn.functional.mse_loss(pred.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(transformer.parameters()) + list(text_encoder.parameters()), 1.0)
@@ -271,15 +310,20 @@ def main(argv=None) -> None:
         return loss, args.lr * lr_scale, "large" if is_large else "small"
 
     t0 = time.time()
-    if state["steps"] == 0:  # measure, then fix the step count from the time budget
-        probe = 2 * max(args.large_every, 1) * 3
-        for i in range(probe):
+    if state["steps"] == 0:  # measure (after warm-up steps), then fix the step count from the time budget
+        period = max(args.large_every, 1)
+        warm, probe = 2 * period, 4 * period
+        for i in range(warm + probe):
+            if i == warm:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t_probe = time.time()
             loss, _, _ = train_step(state["step"], 10 ** 6)
             state["step"] += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
-        per_step = (time.time() - t0) / probe
-        state["steps"] = max(probe + 1, int(args.time_budget / per_step))
+        per_step = (time.time() - t_probe) / probe
+        state["steps"] = max(warm + probe + 1, int((args.time_budget - (time.time() - t0)) / per_step) + warm + probe)
         logger.info("%.1f ms per step -> %d stage-2 steps in %.0f s", 1000 * per_step, state["steps"],
                     args.time_budget)
     total = state["steps"]
@@ -323,7 +367,7 @@ def export_pipeline(args, pipe, ema, scaling, state) -> None:
         json.dump({"seed": args.seed, "vae_steps": state.get("vae_steps"), "steps": state["steps"], "steps_done": state["step"],
                    "batch": args.batch,
                    "large_batch": args.large_batch, "large_every": args.large_every, "lr": args.lr,
-                   "stage2_seconds": round(state["seconds"], 1), "scaling_factor": scaling}, f, indent=2)
+                   "init_from": args.init_from, "object_weight": args.object_weight, "stage2_seconds": round(state["seconds"], 1), "scaling_factor": scaling}, f, indent=2)
     logger.info("exported %s", args.export)
 
 
