@@ -65,7 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--text-lr", type=float, default=4e-4)
     p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--ema", type=float, default=0.995, help="EMA decay of the exported weights (run 1 used 0.999, "
+                   "too slow for its 1,265 steps)")
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--time-budget", type=float, default=420.0, help="stage-2 seconds (sets --steps when 0)")
     p.add_argument("--max-wall", type=float, default=0.0, help="stop (checkpointed) after this many seconds of "
