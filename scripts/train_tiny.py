@@ -77,6 +77,8 @@ def parse_args(argv=None):
                    help="extra loss weight on latent cells the object covers (loss weight 1 + w * mask)")
     p.add_argument("--init-from", default=None, help="start stage 2 from an exported pipeline folder (its VAE, "
                                                      "scale, transformer and text encoder); stage 1 is skipped")
+    p.add_argument("--train-size", default=None, metavar="FxHxW", help="override the default training size")
+    p.add_argument("--export-live", action="store_true", help="export the live weights instead of the EMA")
     p.add_argument("--smoke", action="store_true", help="toy sizes and a few steps (CPU test of the whole path)")
     return p.parse_args(argv)
 
@@ -140,6 +142,12 @@ def main(argv=None) -> None:
         args.steps, args.batch, args.large_batch, args.large_every = 4, 2, 1, 2
         args.warmup, args.log_every, args.time_budget = 2, 1, 600.0
         args.ckpt_dir = args.ckpt_dir + "_smoke"
+    if args.train_size:
+        try:
+            f, h, w = (int(v) for v in args.train_size.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"--train-size must be FxHxW, e.g. 9x32x32, got {args.train_size!r}")
+        small = {"height": h, "width": w, "num_frames": f}
     torch.manual_seed(args.seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -358,8 +366,9 @@ def export_pipeline(args, pipe, ema, scaling, state) -> None:
 
     vae = pipe.vae.to("cpu").float()
     vae.register_to_config(scaling_factor=scaling)
-    transformer = ema["transformer"].to("cpu").float()
-    text_encoder = ema["text_encoder"].to("cpu").float()
+    source = {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder} if args.export_live else ema
+    transformer = copy.deepcopy(source["transformer"]).to("cpu").float()
+    text_encoder = copy.deepcopy(source["text_encoder"]).to("cpu").float()
     out = CogVideoXPipeline(tokenizer=pipe.tokenizer, text_encoder=text_encoder, vae=vae.half(),
                             transformer=transformer.half(), scheduler=pipe.scheduler)
     out.save_pretrained(args.export, safe_serialization=True)
