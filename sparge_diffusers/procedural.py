@@ -26,7 +26,7 @@ orbiting        quarter to full turn (0.6-0.9 of 2 pi) on a circle  "a red ball 
 
 Everything is deterministic from the seed: clip parameters are drawn on the CPU from ``torch.Generator(seed)``,
 then the frames are rendered in one vectorised pass on the requested device (32 clips of 9 x 128 x 128 take
-~0.8 s on two shared CPU cores, milliseconds on a GPU).
+~0.8 s on two shared CPU cores).
 
 Example::
 
