@@ -1,0 +1,170 @@
+"""Quality of sparse against dense attention on the embedded trained model.
+
+For each (prompt, seed) pair it renders the dense video, then each sparse setting from the same seed
+(`apply_sparge(pipe, config, collect_stats=True)`), and records PSNR / SSIM to the dense render
+(`sparge_diffusers.metrics`), the checker's colour / motion verdicts (`sparge_diffusers.checker`) and the measured
+sparsity (`get_sparge_stats(pipe).mean_sparsity`). Settings: dense, ``topk=0.5`` and the error-budget setting
+``SpargeConfig(target_error=0.05, topk=None)``, each with ``dense_steps`` 0 and 2. Prompts are the procedural
+vocabulary's (object x colour x motion, short "rolling" captions included), spread evenly.
+
+Writes ``eval_<tag>.csv`` (one row per render) and ``eval_<tag>.md`` (one row per setting) to ``--out``.
+
+    python scripts/eval_embedded.py --device cuda --size large --prompts 28 --seeds 2 --out benchmarks/results/embedded
+    python scripts/eval_embedded.py --smoke --out /tmp/eval-smoke       # CPU, tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import time
+from typing import List
+
+import numpy as np
+import torch
+
+from sparge_diffusers import SpargeConfig, apply_sparge, get_sparge_stats, remove_sparge
+from sparge_diffusers.checker import accuracy, check_video
+from sparge_diffusers.embedded import default_call_kwargs, embedded_model_path
+from sparge_diffusers.metrics.fidelity import psnr, ssim
+from sparge_diffusers.procedural import COLOUR_NAMES, MOTIONS, OBJECTS
+
+
+def eval_prompts(n: int) -> List[str]:
+    """``n`` prompts spread over colours, objects and motions (every 3rd rolling prompt without its direction)."""
+    out, i = [], 0
+    while len(out) < n:
+        colour = COLOUR_NAMES[i % len(COLOUR_NAMES)]
+        obj = OBJECTS[(i // len(COLOUR_NAMES) + i) % len(OBJECTS)]
+        motion = MOTIONS[(i * 3 + i // len(MOTIONS)) % len(MOTIONS)]
+        if motion.startswith("rolling") and i % 3 == 0:
+            motion = "rolling"
+        out.append(f"a {colour} {obj} {motion}")
+        i += 1
+    return out
+
+
+def settings(block_n: int):
+    """(name, config or None for dense) of every evaluated setting."""
+    rows = [("dense", None)]
+    for dense_steps in (0, 2):
+        rows.append((f"topk0.5_ds{dense_steps}", SpargeConfig(topk=0.5, block_n=block_n, dense_steps=dense_steps)))
+        rows.append((f"eps0.05_ds{dense_steps}", SpargeConfig(target_error=0.05, topk=None, block_n=block_n,
+                                                               dense_steps=dense_steps)))
+    return rows
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="pipeline folder (default: the embedded model)")
+    p.add_argument("--size", choices=("default", "large"), default="default")
+    p.add_argument("--prompts", type=int, default=25)
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the size's)")
+    p.add_argument("--block-n", type=int, default=None, help="key block (default: 64 at the default size, 128 large)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bfloat16 on CUDA)")
+    p.add_argument("--out", default="benchmarks/results/embedded")
+    p.add_argument("--tag", default=None)
+    p.add_argument("--samples", type=int, default=8, help="dense renders drawn into samples_<tag>.png (0: none)")
+    p.add_argument("--smoke", action="store_true", help="2 prompts x 1 seed, 2 steps, 32 x 32 (CPU path test)")
+    return p.parse_args(argv)
+
+
+def render(pipe, prompt: str, seed: int, call: dict) -> np.ndarray:
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    frames = pipe(prompt, generator=generator, output_type="np", **call).frames[0]
+    return (np.clip(np.asarray(frames, dtype=np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)  # [T, H, W, 3]
+
+
+def main(argv=None) -> None:
+    from diffusers import CogVideoXPipeline
+
+    args = parse_args(argv)
+    call = default_call_kwargs(args.size)
+    if args.smoke:
+        call.update(height=32, width=32, num_inference_steps=2)
+        args.prompts, args.seeds = 2, 1
+    if args.steps is not None:
+        call["num_inference_steps"] = args.steps
+    block_n = args.block_n or (64 if args.size == "default" else 128)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda")
+                                                           else torch.float32)
+    pipe = CogVideoXPipeline.from_pretrained(args.model or embedded_model_path()).to(args.device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = eval_prompts(args.prompts)
+    rows = []
+    t_start = time.time()
+    tag = args.tag or (("smoke" if args.smoke else args.size) + f"-{args.device.split(':')[0]}")
+    os.makedirs(args.out, exist_ok=True)
+    dense = {}
+    done = []
+    for name, config in settings(block_n):
+        if config is not None:
+            apply_sparge(pipe, config, collect_stats=True)
+        t0 = time.time()
+        for prompt in prompts:
+            for seed in range(args.seeds):
+                if config is not None:
+                    get_sparge_stats(pipe).reset()
+                frames = render(pipe, prompt, seed, call)
+                check = check_video(frames, prompt)
+                if config is None:
+                    dense[(prompt, seed)] = frames
+                ref = dense[(prompt, seed)]
+                rows.append({"setting": name, "prompt": prompt, "seed": seed, "colour": check.colour,
+                             "motion": check.motion, "colour_ok": check.colour_ok, "motion_ok": check.motion_ok,
+                             "sparsity": 0.0 if config is None else round(get_sparge_stats(pipe).mean_sparsity, 4),
+                             "psnr": float("inf") if config is None else round(psnr(frames, ref), 3),
+                             "ssim": 1.0 if config is None else round(ssim(frames, ref), 4),
+                             "frames": frames, "check": check})
+        if config is not None:
+            remove_sparge(pipe)
+        done.append(name)
+        print(f"{name}: {len(prompts) * args.seeds} renders in {time.time() - t0:.1f} s", flush=True)
+        write_results(args, call, block_n, dtype, prompts, rows, done, tag, time.time() - t_start)
+        if config is None and args.samples:
+            write_samples(args, rows, tag)
+    print(open(os.path.join(args.out, f"eval_{tag}.md")).read())
+
+
+def write_samples(args, rows, tag) -> None:
+    import imageio.v3 as iio
+
+    sel = [r for r in rows if r["setting"] == "dense"][: args.samples]
+    sheet = np.concatenate([np.concatenate(list(r["frames"][:: max(1, len(r["frames"]) // 4)]), 1) for r in sel], 0)
+    iio.imwrite(os.path.join(args.out, f"samples_{tag}.png"), sheet)
+    with open(os.path.join(args.out, f"samples_{tag}.txt"), "w") as f:
+        f.write("\n".join(f"{r['prompt']} (seed {r['seed']}): checker {r['colour']}, {r['motion']}" for r in sel))
+
+
+def write_results(args, call, block_n, dtype, prompts, rows, done, tag, seconds) -> None:
+    fields = ["setting", "prompt", "seed", "colour", "motion", "colour_ok", "motion_ok", "sparsity", "psnr", "ssim"]
+    with open(os.path.join(args.out, f"eval_{tag}.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    h, w, t = call["height"], call["width"], call["num_frames"]
+    lines = [f"# Sparse vs dense on the embedded model ({args.size} size: {t} x {h} x {w}, "
+             f"{call['num_inference_steps']} steps, guidance {call['guidance_scale']})", "",
+             f"{len(prompts)} prompts x {args.seeds} seeds, key block {block_n}, device {args.device}, {dtype}; "
+             f"PSNR / SSIM against the dense render of the same seed; checker accuracy against the prompt.", "",
+             "| setting | sparsity | PSNR dB (mean / min) | SSIM | colour acc | motion acc | both |",
+             "|---|---|---|---|---|---|---|"]
+    for name in done:
+        sel = [r for r in rows if r["setting"] == name]
+        acc = accuracy([r["check"] for r in sel])
+        finite = [r["psnr"] for r in sel if math.isfinite(r["psnr"])]
+        psnr_text = "dense" if not finite else f"{np.mean(finite):.2f} / {np.min(finite):.2f}"
+        lines.append(f"| {name} | {np.mean([r['sparsity'] for r in sel]):.3f} | {psnr_text} | "
+                     f"{np.mean([r['ssim'] for r in sel]):.4f} | {acc['colour']:.3f} | {acc['motion']:.3f} | "
+                     f"{acc['both']:.3f} |")
+    lines += ["", f"{seconds:.0f} s in all."]
+    with open(os.path.join(args.out, f"eval_{tag}.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
