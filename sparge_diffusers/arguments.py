@@ -13,7 +13,8 @@ import torch
 
 from .config import SpargeConfig
 from .errors import UsageError
-from .models import EMBEDDED_MODELS, TINY_STEPS, check_device, default_model, is_random_tiny, parse_dtype
+from .models import (EMBEDDED_MODELS, TINY_STEPS, TRAINED_MODEL, check_device, default_model, is_random_tiny,
+                     is_small_embedded, parse_dtype)
 from .rendering import RenderSettings
 
 
@@ -47,7 +48,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and call")
     group.add_argument("--model", default=None, metavar="NAME_OR_DIR",
                        help=f"local diffusers folder (CogVideoX, Mochi, Flux) or an embedded tiny pipeline: "
-                            f"{', '.join(EMBEDDED_MODELS)} (default: {default_model()})")
+                            f"{', '.join(EMBEDDED_MODELS)} (random weights), {TRAINED_MODEL} (trained, shipped) "
+                            f"(default: {default_model()})")
     group.add_argument("--steps", type=int, default=None, help=f"denoising steps (default: {TINY_STEPS} for the "
                                                                 "tiny pipelines, the pipeline's default otherwise)")
     group.add_argument("--height", type=int, default=None, help="frame height in pixels (multiple of 16)")
@@ -87,7 +89,7 @@ def resolve_block_n(value, model: Optional[str]) -> int:
     sequences hold only a few 128-token blocks (too coarse for top-k to select anything)."""
     if value != "auto":
         return int(value)
-    return 64 if is_random_tiny(model) else SpargeConfig.block_n
+    return 64 if is_small_embedded(model) else SpargeConfig.block_n
 
 
 def config_from_args(args: argparse.Namespace) -> SpargeConfig:

@@ -32,9 +32,12 @@ from .errors import UsageError
 logger = logging.getLogger(__name__)
 
 # The model used when --model is not given (a name of EMBEDDED_MODELS or a local pipeline folder).
-DEFAULT_MODEL = "tiny"
 
 EMBEDDED_MODELS = {"tiny": "cogvideox", "tiny-cogvideox": "cogvideox", "tiny-mochi": "mochi", "tiny-flux": "flux"}
+# the trained pipeline shipped as package data (`sparge_diffusers.embedded`): a real CogVideoXPipeline folder
+TRAINED_MODEL = "toy-cogvideox"
+# The model used when --model is not given: the shipped trained pipeline.
+DEFAULT_MODEL = TRAINED_MODEL
 TINY_STEPS = 4  # denoising steps of the embedded tiny pipelines unless --steps is given
 NEGATIVE_PROMPT = ""  # the negative prompt of classifier-free guidance (families with `negative_prompt=True`)
 
@@ -150,6 +153,13 @@ def uses_negative_prompt(family: str) -> bool:
     return FAMILY_SPECS[family].negative_prompt
 
 
+def is_small_embedded(model: Optional[str]) -> bool:
+    """The embedded models, random or trained: sequences of a few hundred to a thousand tokens (the CLI picks
+    64-token key blocks for them)."""
+    model = model or default_model()
+    return model in EMBEDDED_MODELS or model == TRAINED_MODEL
+
+
 def is_random_tiny(model: Optional[str]) -> bool:
     """True for the embedded random-weight tiny pipelines (their blocks are never self-similar, their sequences
     short: the CLI picks other θ / key-block defaults for them)."""
@@ -195,6 +205,8 @@ def detect_family(folder) -> str:
 def model_family(model: Optional[str]) -> str:
     """The family of a ``--model`` value (embedded name or folder); validates it without loading anything."""
     model = model or default_model()
+    if model == TRAINED_MODEL:
+        return "cogvideox"
     return EMBEDDED_MODELS.get(model) or detect_family(model)
 
 
@@ -262,6 +274,10 @@ class LoadedModel:
 
     def default_call(self) -> dict:
         """Call keywords used when the command line does not give them: the embedded models' size and steps."""
+        if self.source == f"embedded:{TRAINED_MODEL}":
+            from .embedded import default_call_kwargs
+
+            return default_call_kwargs("default")
         if not self.embedded:
             return {}
         from .pipelines.tiny import tiny_call_size
@@ -308,6 +324,12 @@ def load_model(model: Optional[str] = None, *, device: str = "cpu", dtype: torch
     if model in EMBEDDED_MODELS:
         pipe, _ = tiny_pipeline(family, device=device, dtype=dtype, seed=0)
         source, embedded = f"embedded:tiny-{family}", True
+    elif model == TRAINED_MODEL:
+        from .embedded import embedded_model_path
+
+        pipe = load_pipeline_folder(embedded_model_path(), dtype, progress=progress)
+        pipe.to(device)
+        source, embedded = f"embedded:{TRAINED_MODEL}", True
     else:
         pipe = load_pipeline_folder(model, dtype, progress=progress)
         pipe.to(device)

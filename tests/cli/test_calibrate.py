@@ -12,7 +12,7 @@ def test_calibrate_then_generate_with_it(cli, fast, tmp_path):
     data = json.loads(target.read_text())
     assert data["format"] == "sparge-calibration" and data["target_error"] == 0.1
     calibration = load_calibration(str(target))
-    assert calibration.layers and all(len(v) == 2 for v in calibration.layers.values())  # tiny: 2 heads per layer
+    assert len(calibration.layers) == 6 and all(len(v) == 4 for v in calibration.layers.values())  # 6 x 4 heads
     assert calibration.calls > 0 and "layers" in out
     code, out, err = cli("generate", "a red ball rolling", "-o", tmp_path / "v.mp4", "--target-error", "0.1",
                          "--calibration", target, *fast)

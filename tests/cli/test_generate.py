@@ -17,9 +17,9 @@ def test_generate_default_model_writes_video_and_sidecar(cli, fast, tmp_path, li
     assert list_files(tmp_path) == ["a-red-ball-rolling-seed0.mp4", "a-red-ball-rolling-seed0.mp4.json"]
     sidecar = json.loads((tmp_path / "a-red-ball-rolling-seed0.mp4.json").read_text())
     assert sidecar["prompt"] == "a red ball rolling"
-    assert sidecar["model"] == {"source": "embedded:tiny-cogvideox", "family": "cogvideox", "embedded": True,
-                                "prompt_encoding": "hash embeddings"}
-    assert sidecar["sparge"]["topk"] == 0.5 and sidecar["sparge"]["sim_threshold"] is None  # auto: off on tiny
+    assert sidecar["model"] == {"source": "embedded:toy-cogvideox", "family": "cogvideox", "embedded": True,
+                                "prompt_encoding": "text encoder"}  # the shipped trained pipeline, its own T5
+    assert sidecar["sparge"]["topk"] == 0.5 and sidecar["sparge"]["block_n"] == 64  # 64-key blocks: short sequences
     assert sidecar["settings"]["call"]["num_inference_steps"] == 1
     assert sidecar["timings"]["render_s"] > 0 and len(sidecar["timings"]["step_s"]) == 1
     assert 0.0 < sidecar["sparsity"]["mean"] < 1.0

@@ -15,8 +15,10 @@ from sparge_diffusers.rendering import RenderSettings, render
 
 
 def test_family_table_and_default(tmp_path):
-    assert default_model() == DEFAULT_MODEL and DEFAULT_MODEL in EMBEDDED_MODELS
-    assert model_family(None) == EMBEDDED_MODELS[DEFAULT_MODEL]
+    from sparge_diffusers.models import TRAINED_MODEL
+
+    assert default_model() == DEFAULT_MODEL == TRAINED_MODEL  # the shipped trained pipeline
+    assert model_family(None) == "cogvideox" and model_family("tiny-mochi") == "mochi"
     for class_name, family in PIPELINE_FAMILIES.items():
         for name in (class_name, "Sparge" + class_name):  # a Sparge wrapper's saved folder is its stock family
             folder = tmp_path / name

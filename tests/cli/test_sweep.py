@@ -22,7 +22,7 @@ def _rows(folder):
 
 def test_sweep_end_to_end_and_resume(cli, fast, tmp_path, tiny_clip_dir, tiny_vqa_dir):
     out = tmp_path / "sweep"
-    args = ("sweep", "a red ball rolling", "a blue cube", "--out-dir", out, *GRID, *fast,
+    args = ("sweep", "a red ball rolling", "a blue cube", "--out-dir", out, *GRID, *fast, "--model", "tiny",
             "--clip-model", tiny_clip_dir, "--vqa-model", tiny_vqa_dir, "--vqa-frames", "2")
     code, stdout, err = cli(*args)
     assert code == 0, err
