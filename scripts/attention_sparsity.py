@@ -3,7 +3,7 @@
 Captures post-RoPE q, k, v (`sparge_diffusers.capture.capture_attention`) during real denoising runs at three
 denoising times (first, middle, last step), then for each (step, layer) measures the largest block sparsity whose
 exact block-sparse attention stays within relative L1 ``<= 0.05`` (and ``<= 0.03``) of dense attention: the ideal
-selector (TopCdf over the exact block mass, `kernels.predictors.MaskSweep`, text blocks always kept), pooled over
+selector (TopCdf over the exact block mass, `kernels.evaluation.MaskSweep`, text blocks always kept), pooled over
 heads, batch (CFG negative + positive) and prompts. Token order: raw (diffusers' t, h, w raster) and Hilbert
 (what Sparge uses). ``--random`` measures a random-weight copy of the same architecture as the baseline.
 
@@ -24,7 +24,7 @@ import torch
 from sparge_diffusers.capture import capture_attention
 from sparge_diffusers.embedded import default_call_kwargs, embedded_model_path
 from sparge_diffusers.hilbert import hilbert_order
-from sparge_diffusers.kernels.predictors import MaskSweep, best_sparsity
+from sparge_diffusers.kernels.evaluation import MaskSweep, best_sparsity
 
 THRESHOLDS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995)
 BUDGETS = (0.05, 0.03)

@@ -71,7 +71,7 @@ class SpargeConfig:
         predictor: ``"sparge"`` (the paper's stage 1: pooled q̄·k̄ scores, self-similarity test),
             ``"lse"`` (mean query of each block scored against every key token, log-sum-exp per key block, with a
             query-variance correction; ``sim_threshold`` is not used) or ``"full"`` (keep every block; quantized
-            dense attention). See `sparge_diffusers.kernels.predictors`.
+            dense attention). See `sparge_diffusers.kernels.predict.naive`.
 
     Kernel:
         block_m, block_n: query / key block sizes in tokens (64 or 128).
