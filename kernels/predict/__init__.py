@@ -7,22 +7,10 @@ references needs neither a GPU nor a working Triton.
 
 from __future__ import annotations
 
+from .._lazy import kernel_attributes
 from .naive import *  # noqa: F401,F403
 from .naive import __all__ as _naive_all
 
-
-def __getattr__(name):
-    if name.startswith("__"):
-        raise AttributeError(name)
-    import importlib
-
-    kernel = importlib.import_module(f"{__name__}.kernel")
-    if name == "kernel":
-        return kernel
-    try:
-        return getattr(kernel, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-
+__getattr__ = kernel_attributes(__name__)
 
 __all__ = list(_naive_all)
