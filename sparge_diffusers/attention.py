@@ -20,7 +20,7 @@ from ._logging import log_once
 from .block_map import BlockMap, block_mask_from_lut
 from .budget_guard import BudgetGuard
 from .config import PRECISION_ERROR_FLOOR, SpargeConfig, _check_ranges
-from .speed_rule import should_go_dense
+from .speed_rule import measuring_budget_loses, should_go_dense
 from .kernels import reference
 
 logger = logging.getLogger(__name__)
@@ -101,6 +101,12 @@ def sparge_attn(
     if selection.rule == "budget" and backend != "dense":
         _warn_below_floor(config)
         drop = _known_drop_mass(config, layer, guard, q.shape[:2], q.device)
+        if (drop is None and guard is None and q.is_cuda and config.speed_rule == "auto"
+                and measuring_budget_loses(q.device, k.shape[-2])):
+            log_once(logger, "budget-measure-dense", "sparge_attn: measuring the error budget in every call costs "
+                     "more than it saves below the measured length on this GPU; using dense attention (pass a "
+                     "BudgetGuard, use apply_sparge, or give a calibration)", level=logging.INFO)
+            backend = "dense"
     if backend == "dense":
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
         stats = SpargeStats(torch.zeros(q.shape[:2], device=q.device), None, "dense") if return_stats else None

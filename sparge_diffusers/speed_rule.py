@@ -10,7 +10,9 @@ a CUDA call goes to dense SDPA when
 - its sparsity is known before prediction (top-k: ``1 − topk``) and below the crossover at that length;
 - its head dim is padded (e.g. 96 → 128) and the sparsity does not pay for the padding as well.
 
-For rules whose sparsity is known only after prediction (τ, ε), only the length test applies. The eager table is
+For rules whose sparsity is known only after prediction (τ, ε), only the length test applies. A ``target_error`` call
+that has to measure its drop masses itself (no `BudgetGuard`, no calibration) also goes dense below the shortest
+length where such calls were measured faster than cuDNN (`measuring_budget_loses`). The eager table is
 conservative under ``torch.compile``, where launch cost is lower. ``speed_rule="sparse"`` always runs the sparse
 path (benchmarks and tests do).
 """
@@ -56,6 +58,24 @@ def _table_for(device: torch.device):
     return table
 
 
+@functools.lru_cache(maxsize=8)
+def _measured_budget_min_len(capability: str) -> Optional[int]:
+    path = os.path.join(_TABLE_DIR, f"{capability}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        entry = json.load(handle).get("budget_measured_call")
+    return None if entry is None else int(entry["min_seq_len"])
+
+
+def measuring_budget_loses(device: torch.device, seq_len_k: int) -> bool:
+    """True when a ``target_error`` call that must measure its drop masses in the call (no `BudgetGuard`, no
+    calibration) was measured slower than dense cuDNN at this key length on this GPU class."""
+    major, minor = torch.cuda.get_device_capability(device)
+    min_len = _measured_budget_min_len(f"sm{major}{minor}") or _measured_budget_min_len("sm90")
+    return min_len is not None and seq_len_k < min_len
+
+
 def least_winning_sparsity(table, head_dim: int, seq_len: int) -> Optional[float]:
     """The crossover sparsity for a call: that of the longest measured length ``<= seq_len`` (None: cannot win)."""
     kernel_dim = 64 if head_dim <= 64 else 128
@@ -90,4 +110,5 @@ def should_go_dense(q: torch.Tensor, k: torch.Tensor, config) -> bool:
     return not sparse_can_win(table, q.shape[-1], k.shape[-2], expected)
 
 
-__all__ = ["SPEED_RULES", "crossover_table", "least_winning_sparsity", "should_go_dense", "sparse_can_win"]
+__all__ = ["SPEED_RULES", "crossover_table", "least_winning_sparsity", "measuring_budget_loses", "should_go_dense",
+           "sparse_can_win"]

@@ -43,3 +43,15 @@ def test_speed_rule_is_validated():
     assert SpargeConfig().speed_rule == "auto"
     with pytest.raises(ValueError, match="speed_rule"):
         SpargeConfig(speed_rule="fast")
+
+
+def test_committed_table_records_the_measured_budget_call():
+    import json
+    import os
+
+    from sparge_diffusers import speed_rule
+
+    with open(os.path.join(speed_rule._TABLE_DIR, "sm90.json")) as handle:
+        entry = json.load(handle)["budget_measured_call"]
+    assert speed_rule._measured_budget_min_len("sm90") == entry["min_seq_len"] == 44776
+    assert speed_rule._measured_budget_min_len("sm10") is None
