@@ -12,6 +12,7 @@ from . import pipelines as _pipelines  # noqa: F401  (registers the built-in fam
 from .attention import SpargeStats, sparge_attn
 from .backend import register_sparge_backend
 from .block_map import BlockMap
+from .budget_guard import BudgetGuard
 from .config import SpargeConfig
 from .integration import (
     SpargeGeometry,
@@ -26,6 +27,7 @@ register_sparge_backend()
 
 __all__ = [
     "BlockMap",
+    "BudgetGuard",
     "SpargeConfig",
     "SpargeGeometry",
     "SpargeProcessor",
