@@ -176,11 +176,6 @@ def budget_drop_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probs: t
     return out.view(b, h)
 
 
-def guard_share(seq_len_q: int, block_m: int, rows: int = GUARD_ROWS) -> float:
-    """The guard's share of the dense attention FLOPs: sampled rows over query rows."""
-    return min(num_blocks(seq_len_q, block_m), rows) / max(seq_len_q, 1)
-
-
 __all__ = ["DROP_MASS_LADDER", "GUARD_MARGIN", "GUARD_ROWS", "KEEP_ALL", "budget_drop_mass", "choose_drop_mass",
-           "drop_errors", "guard_share", "naive_row_partials", "sample_rows"]
+           "drop_errors", "naive_row_partials", "sample_rows"]
 

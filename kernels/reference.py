@@ -34,14 +34,14 @@ from .predict.naive import (
     naive_block_mean,
     naive_block_self_similarity,
     naive_forced_blocks,
-    naive_lse_block_probs,
     naive_pooled_scores,
     naive_predict_block_mask,
     naive_predict_block_mask_lse,
     naive_predicted_block_probs,
 )
 from .quantize.naive import FP8_E4M3_MAX, INT8_MAX, naive_quantize_int8, naive_quantize_v_fp8
-from .selection import naive_select_cdf, naive_select_topk, resolve_selection, select_by_drop_mass, topk_block_count
+from .selection import (naive_select_blocks, naive_select_cdf, naive_select_topk, resolve_selection,
+                        topk_block_count)
 
 
 def naive_sparge_attention(
@@ -129,9 +129,7 @@ def naive_budget_block_mask(q, k, v, *, predictor: str, target_error: float, blo
     if drop_mass is None:
         drop_mass = budget_drop_mass(q, k, v, probs, target_error=target_error, block_m=block_m, block_n=block_n,
                                      scale=scale, forced_rows=forced_rows, forced_cols=forced_cols)
-    cols = forced_cols.unsqueeze(-2)
-    selected = select_by_drop_mass(probs, drop_mass.to(probs.device)[..., None, None], cols.expand_as(probs))
-    mask = selected | cols | forced_rows.unsqueeze(-1)
+    mask = naive_select_blocks(probs, forced_rows, forced_cols, drop_mass=drop_mass)
     return (mask, drop_mass) if return_drop_mass else mask
 
 

@@ -140,5 +140,31 @@ def select_by_drop_mass(probs: torch.Tensor, drop_mass, forced: Optional[torch.T
     dropped = torch.zeros_like(dropped_sorted).scatter(-1, order, dropped_sorted)
     return ~dropped
 
+def naive_select_blocks(probs: torch.Tensor, forced_rows: torch.Tensor, forced_cols: torch.Tensor, *,
+                        topk: Optional[float] = None, drop_mass=None) -> torch.Tensor:
+    """Kept blocks of a predicted block-mass map under top-k or a drop mass, forced blocks always kept (the ground
+    truth of the selection kernel's modes 0 and 2 over masses that include the forced blocks).
+
+    Args:
+        probs: ``[B, H, NQ, NK]`` predicted block masses (softmax over all key blocks).
+        forced_rows: bool ``[B, H, NQ]``; forced_cols: bool ``[B, H, NK]``.
+        topk: keep ``round(topk · NK)`` blocks per row, forced columns counting against it; or
+        drop_mass: δ, a number or fp32 ``[B, H]`` (one per head, the error budget's).
+    Returns:
+        bool ``[B, H, NQ, NK]``.
+    """
+    if (topk is None) == (drop_mass is None):
+        raise ValueError("naive_select_blocks needs exactly one of topk or drop_mass")
+    cols = forced_cols.unsqueeze(-2)
+    if topk is not None:
+        budget = topk_block_count(topk, probs.shape[-1]) - cols.sum(dim=-1)
+        selected = naive_select_topk(probs.masked_fill(cols, -1.0), budget.clamp_min(0))
+    else:
+        if isinstance(drop_mass, torch.Tensor):
+            drop_mass = drop_mass.to(probs.device)[..., None, None]
+        selected = select_by_drop_mass(probs, drop_mass, cols.expand_as(probs))
+    return selected | cols | forced_rows.unsqueeze(-1)
+
+
 __all__ = ["MODE_CDF", "MODE_DROP_MASS", "MODE_TOPK", "RULES", "Selection", "resolve_selection",
-           "naive_select_cdf", "naive_select_topk", "select_by_drop_mass", "topk_block_count"]
+           "naive_select_blocks", "naive_select_cdf", "naive_select_topk", "select_by_drop_mass", "topk_block_count"]

@@ -34,7 +34,7 @@ from sparge_diffusers.hilbert import TokenPermutation
 from sparge_diffusers.kernels import evaluation as E
 from sparge_diffusers.kernels.budget import DROP_MASS_LADDER, budget_drop_mass
 from sparge_diffusers.kernels.predict.naive import naive_forced_blocks, naive_predicted_block_probs
-from sparge_diffusers.kernels.selection import naive_select_topk, select_by_drop_mass, topk_block_count
+from sparge_diffusers.kernels.selection import naive_select_blocks
 
 TOPKS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 STYLES = {"clip": ("default", "sharp", "broad", "local"), "structured": ("mixed",), "values-zero": ("default",),
@@ -86,18 +86,13 @@ def masks_for(q, k, v, predictor, eps_list, keep, block):
     scale = q.shape[-1] ** -0.5
     probs = naive_predicted_block_probs(predictor, q, k, block_m=block, block_n=block, scale=scale)
     fr, fc = naive_forced_blocks(q, k, block_m=block, block_n=block, keep_ranges=[keep])
-    cols = fc.unsqueeze(-2)
     out = {}
     for eps in eps_list:
         drop = budget_drop_mass(q, k, v, probs, target_error=eps, block_m=block, block_n=block, scale=scale,
                                 forced_rows=fr, forced_cols=fc)
-        mask = select_by_drop_mass(probs, drop[..., None, None], cols.expand_as(probs))
-        out[("budget", eps)] = mask | cols | fr.unsqueeze(-1)
-    nk = probs.shape[-1]
+        out[("budget", eps)] = naive_select_blocks(probs, fr, fc, drop_mass=drop)
     for topk in TOPKS:
-        budget = topk_block_count(topk, nk) - cols.sum(-1)
-        mask = naive_select_topk(probs.masked_fill(cols, -1.0), budget.clamp_min(0))
-        out[("topk", topk)] = mask | cols | fr.unsqueeze(-1)
+        out[("topk", topk)] = naive_select_blocks(probs, fr, fc, topk=topk)
     return out, (fr, fc)
 
 

@@ -4,7 +4,7 @@ FP16 arithmetic."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional
 
 import torch
 

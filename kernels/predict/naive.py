@@ -32,7 +32,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from ..geometry import block_token_counts, blocks_touching, num_blocks, split_blocks as _split_blocks
-from ..selection import naive_select_cdf, naive_select_topk, select_by_drop_mass, topk_block_count
+from ..selection import naive_select_blocks, naive_select_cdf, naive_select_topk, topk_block_count
 
 _EPS = 1e-12
 
@@ -215,14 +215,7 @@ def naive_predict_block_mask_lse(
     probs = naive_lse_block_probs(q, k, block_m=block_m, block_n=block_n, scale=scale,
                                   variance_weight=variance_weight)  # [B, H, NQ, NK] fp32
     forced_rows, forced_cols = naive_forced_blocks(q, k, block_m=block_m, block_n=block_n, keep_ranges=keep_ranges)
-    forced_cols = forced_cols.unsqueeze(-2)
-    if topk is not None:
-        nk = probs.shape[-1]
-        budget = topk_block_count(topk, nk) - forced_cols.sum(dim=-1)
-        selected = naive_select_topk(probs.masked_fill(forced_cols, -1.0), budget.clamp_min(0))
-    else:
-        selected = select_by_drop_mass(probs, drop_mass, forced_cols.expand_as(probs))
-    return selected | forced_cols | forced_rows.unsqueeze(-1)
+    return naive_select_blocks(probs, forced_rows, forced_cols, topk=topk, drop_mass=drop_mass)
 
 
 def naive_predicted_block_probs(predictor: str, q: torch.Tensor, k: torch.Tensor, *, block_m: int, block_n: int,

@@ -3,7 +3,7 @@ and per-channel FP8 e4m3 V (SageAttention2, arXiv 2411.10958)."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Tuple
 
 import torch
 
