@@ -68,8 +68,8 @@ def frame_keys(args):
     for name in args.geometries:
         t, h, w = F.scaled_geometry(name, args.scale_grid).grid3
         for seed in args.seeds:
-            clip = "bikes" if seed % 2 == 0 else "bigbuckbunny"
-            keys.add((clip, t, video_inputs.PATCH * h, video_inputs.PATCH * w, seed % 7))
+            clip, start = F.clip_for_seed(seed)
+            keys.add((clip, t, video_inputs.PATCH * h, video_inputs.PATCH * w, start))
     return sorted(keys)
 
 

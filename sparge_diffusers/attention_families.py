@@ -29,7 +29,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from .video_inputs import GEOMETRIES, STYLE, Geometry, rotary_3d, video_like_qkv
+from .video_inputs import STYLE, Geometry, rotary_3d, scaled_geometry, video_like_qkv
 
 CLIP_STYLES: Dict[str, object] = {
     "default": STYLE,
@@ -40,6 +40,11 @@ CLIP_STYLES: Dict[str, object] = {
 STRUCTURED_KINDS = ("local", "temporal", "hub", "text", "mixed")
 FAMILIES = ("clip", "structured", "values-zero", "values-offset", "random")
 TUNING_FAMILIES = ("clip/default",)
+
+
+def clip_for_seed(seed: int) -> Tuple[str, int]:
+    """``(clip, first frame)`` the clip-based families use for a seed: bikes for even seeds, bigbuckbunny for odd."""
+    return ("bikes" if seed % 2 == 0 else "bigbuckbunny"), seed % 7
 
 
 def _coords(grid: Tuple[int, int, int], device=None) -> torch.Tensor:
@@ -131,9 +136,10 @@ def family_qkv(family: str, geometry: Geometry, *, heads: Sequence[int], seed: i
         q, k, v = (torch.stack(z)[None] for z in (qs, ks, vs))
     else:
         clip_style = CLIP_STYLES.get(style, STYLE)
+        clip, start = clip_for_seed(seed)
         q, k, v = video_like_qkv(grid, geometry.heads, geometry.head_dim, text_tokens=n_text,
-                                 text_first=geometry.text_first, clip="bikes" if seed % 2 == 0 else "bigbuckbunny",
-                                 seed=seed, head_indices=heads, rope_split=geometry.rope_split, style=clip_style)
+                                 text_first=geometry.text_first, clip=clip, clip_start=start, seed=seed,
+                                 head_indices=heads, rope_split=geometry.rope_split, style=clip_style)
     if family == "values-zero":
         v = v - v.mean(dim=-2, keepdim=True)
     elif family == "values-offset":
@@ -143,15 +149,6 @@ def family_qkv(family: str, geometry: Geometry, *, heads: Sequence[int], seed: i
     return tuple(z.to(device=device, dtype=dtype).contiguous() for z in (q, k, v))
 
 
-def scaled_geometry(name: str, scale_grid: float = 1.0) -> Geometry:
-    """A preset of `video_inputs.GEOMETRIES` with the spatial grid shrunk by ``scale_grid`` (quick CPU runs)."""
-    geo = GEOMETRIES[name]
-    if scale_grid == 1.0:
-        return geo
-    grid = tuple(geo.grid[:-2]) + tuple(max(2, round(s * scale_grid)) for s in geo.grid[-2:])
-    return Geometry(geo.name, grid, geo.text_tokens, geo.text_first, geo.head_dim, geo.heads, geo.rope_split)
-
-
 def load_captured(path: str, *, limit: Optional[int] = None):
     """Records captured from a real model (`sparge_diffusers.capture`): a list of dicts with ``q, k, v`` ``[1, H, S,
     D]`` and ``text_range``, ``grid``, ``layer``, ``step``, read from a ``torch.save`` file."""
@@ -159,5 +156,6 @@ def load_captured(path: str, *, limit: Optional[int] = None):
     return records[:limit] if limit else records
 
 
-__all__ = ["CLIP_STYLES", "FAMILIES", "STRUCTURED_KINDS", "TUNING_FAMILIES", "family_qkv", "load_captured",
+__all__ = ["CLIP_STYLES", "FAMILIES", "STRUCTURED_KINDS", "TUNING_FAMILIES", "clip_for_seed", "family_qkv",
+           "load_captured",
            "scaled_geometry", "structured_head"]

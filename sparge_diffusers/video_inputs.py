@@ -290,6 +290,15 @@ TUNING = ("bikes", 0)
 HELDOUT = ("bigbuckbunny", 1)
 
 
+def scaled_geometry(name: str, scale_grid: float = 1.0) -> Geometry:
+    """A preset of `GEOMETRIES` with the spatial grid (h, w) shrunk by ``scale_grid`` (quick CPU runs)."""
+    geo = GEOMETRIES[name]
+    if scale_grid == 1.0:
+        return geo
+    grid = tuple(geo.grid[:-2]) + tuple(max(2, round(s * scale_grid)) for s in geo.grid[-2:])
+    return Geometry(geo.name, grid, geo.text_tokens, geo.text_first, geo.head_dim, geo.heads, geo.rope_split)
+
+
 def geometry_qkv(geometry: str, *, variant: str = "tuning", head_indices: Optional[Sequence[int]] = None,
                  order: str = "rowmajor", scale_grid: float = 1.0, dtype: torch.dtype = torch.float32,
                  device="cpu") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Geometry]:
@@ -304,10 +313,7 @@ def geometry_qkv(geometry: str, *, variant: str = "tuning", head_indices: Option
         scale_grid: shrink the spatial grid (h, w) by this factor (≤ 1) for quick runs; the returned geometry says
             the grid used.
     """
-    geo = GEOMETRIES[geometry]
-    if scale_grid != 1.0:
-        grid = tuple(geo.grid[:-2]) + tuple(max(2, round(s * scale_grid)) for s in geo.grid[-2:])
-        geo = Geometry(geo.name, grid, geo.text_tokens, geo.text_first, geo.head_dim, geo.heads, geo.rope_split)
+    geo = scaled_geometry(geometry, scale_grid)
     if variant not in ("tuning", "heldout"):
         raise ValueError(f"variant must be 'tuning' or 'heldout', got {variant!r}")
     clip, seed = TUNING if variant == "tuning" else HELDOUT
@@ -336,6 +342,7 @@ __all__ = [
     "geometry_qkv",
     "load_clip",
     "rotary_3d",
+    "scaled_geometry",
     "token_features",
     "use_frame_cache",
     "video_like_qkv",
