@@ -36,43 +36,47 @@ _TABLE_DIR = os.path.join(os.path.dirname(__file__), "crossover")
 
 
 @functools.lru_cache(maxsize=8)
-def crossover_table(capability: str) -> Optional[Dict[int, List[Tuple[int, Optional[float]]]]]:
-    """``{head_dim: [(seq_len, least winning sparsity or None), ...]}`` measured on a GPU class (``"sm90"``), or None
-    when no table was measured for it."""
+def _measurements(capability: str) -> Optional[dict]:
+    """The committed measurement file of a GPU class (``crossover/<capability>.json``), or None."""
     path = os.path.join(_TABLE_DIR, f"{capability}.json")
     if not os.path.exists(path):
         return None
     with open(path) as handle:
-        data = json.load(handle)
+        return json.load(handle)
+
+
+def _capability_for(device: torch.device) -> str:
+    """The GPU class whose measurements apply to ``device``: its own, else sm90 (H100/H200; logged once)."""
+    major, minor = torch.cuda.get_device_capability(device)
+    capability = f"sm{major}{minor}"
+    if _measurements(capability) is None:
+        log_once(logger, f"crossover:{capability}", "speed_rule: no crossover table for %s; using the sm90 "
+                 "(H100/H200) table", capability, level=logging.INFO)
+        return "sm90"
+    return capability
+
+
+@functools.lru_cache(maxsize=8)
+def crossover_table(capability: str) -> Optional[Dict[int, List[Tuple[int, Optional[float]]]]]:
+    """``{head_dim: [(seq_len, least winning sparsity or None), ...]}`` measured on a GPU class (``"sm90"``), or None
+    when no table was measured for it."""
+    data = _measurements(capability)
+    if data is None:
+        return None
     return {int(d): sorted((int(s), None if w is None else float(w)) for s, w in entries)
             for d, entries in data["min_sparsity"].items()}
 
 
-def _table_for(device: torch.device):
-    major, minor = torch.cuda.get_device_capability(device)
-    table = crossover_table(f"sm{major}{minor}")
-    if table is None:
-        table = crossover_table("sm90")
-        log_once(logger, f"crossover:sm{major}{minor}", "speed_rule: no crossover table for sm%d%d; using the sm90 "
-                 "(H100/H200) table", major, minor, level=logging.INFO)
-    return table
-
-
-@functools.lru_cache(maxsize=8)
 def _measured_budget_min_len(capability: str) -> Optional[int]:
-    path = os.path.join(_TABLE_DIR, f"{capability}.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as handle:
-        entry = json.load(handle).get("budget_measured_call")
+    data = _measurements(capability)
+    entry = None if data is None else data.get("budget_measured_call")
     return None if entry is None else int(entry["min_seq_len"])
 
 
 def measuring_budget_loses(device: torch.device, seq_len_k: int) -> bool:
     """True when a ``target_error`` call that must measure its drop masses in the call (no `BudgetGuard`, no
     calibration) was measured slower than dense cuDNN at this key length on this GPU class."""
-    major, minor = torch.cuda.get_device_capability(device)
-    min_len = _measured_budget_min_len(f"sm{major}{minor}") or _measured_budget_min_len("sm90")
+    min_len = _measured_budget_min_len(_capability_for(device))
     return min_len is not None and seq_len_k < min_len
 
 
@@ -102,7 +106,7 @@ def should_go_dense(q: torch.Tensor, k: torch.Tensor, config) -> bool:
     """True when the measured crossover says dense cuDNN attention is faster for this call (CUDA only)."""
     if config.speed_rule != "auto" or not q.is_cuda:
         return False
-    table = _table_for(q.device)
+    table = crossover_table(_capability_for(q.device))
     if table is None:
         return False
     selection = config.selection
