@@ -151,9 +151,10 @@ def _known_drop_mass(config: SpargeConfig, layer: Optional[int], guard: Optional
     if config.calibration is not None and layer is not None:
         from .calibration import load_calibration
 
-        calibrated = load_calibration(config.calibration).drop_mass(layer, config.target_error, *batch_heads)
+        calibrated = load_calibration(config.calibration).drop_mass(layer, config.target_error, *batch_heads,
+                                                                    device=device)
         if calibrated is not None:
-            return calibrated.to(device)
+            return calibrated
     if guard is not None and not torch.compiler.is_compiling():
         return guard.reuse(batch_heads)
     return None

@@ -44,10 +44,13 @@ class Calibration:
     block_n: int = 128
     calls: int = 0
     meta: dict = field(default_factory=dict)
+    # (layer, device) -> fp32 [heads] on that device: one copy per layer, not a host-to-device copy per call
+    _on_device: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def drop_mass(self, layer: int, target_error: float, batch: int, heads: int) -> Optional[torch.Tensor]:
-        """fp32 ``[batch, heads]`` drop masses of a layer, or None when the file cannot answer (other ε, unknown
-        layer, other head count)."""
+    def drop_mass(self, layer: int, target_error: float, batch: int, heads: int,
+                  device="cpu") -> Optional[torch.Tensor]:
+        """fp32 ``[batch, heads]`` drop masses of a layer on ``device``, or None when the file cannot answer (other
+        ε, unknown layer, other head count)."""
         if not math.isclose(float(target_error), self.target_error, rel_tol=1e-6):
             log_once(logger, f"calibration-eps:{self.target_error}:{target_error}", "calibration made for "
                      "target_error=%g is not used with target_error=%g; measuring the budget instead",
@@ -56,7 +59,10 @@ class Calibration:
         values = self.layers.get(int(layer))
         if values is None or len(values) != heads:
             return None
-        return torch.tensor(values, dtype=torch.float32).expand(batch, heads)
+        key = (int(layer), str(torch.device(device)))
+        if key not in self._on_device:
+            self._on_device[key] = torch.tensor(values, dtype=torch.float32, device=device)
+        return self._on_device[key].expand(batch, heads)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "target_error": self.target_error, "predictor": self.predictor,
