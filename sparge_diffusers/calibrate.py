@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .arguments import (add_model_arguments, device_and_dtype, model_from_args, quiet_libraries,
+from .arguments import (add_block_argument, add_model_arguments, device_and_dtype, model_from_args, quiet_libraries,
                         resolve_block_n, settings_from_args)
 from .calibration import CalibrationRecorder
 from .config import DEFAULT_TARGET_ERROR, PREDICTORS, SpargeConfig
@@ -35,8 +35,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--target-error", type=float, default=DEFAULT_TARGET_ERROR, metavar="EPS",
                         help=f"ε in (0, 1) (default: {DEFAULT_TARGET_ERROR})")
     parser.add_argument("--predictor", choices=[p for p in PREDICTORS if p != "full"], default=SpargeConfig.predictor)
-    parser.add_argument("--block-n", choices=("auto", "64", "128"), default="auto",
-                        help="key block size in tokens (default: 128, 64 for the embedded random-weight models)")
+    add_block_argument(parser)
     add_model_arguments(parser)
     parser.set_defaults(run=run)
 
