@@ -41,7 +41,7 @@ def _text_ranges(geo) -> Tuple[Tuple[int, int], ...]:
     return (geo.text_range,) if geo.text_tokens else ()
 
 
-def predictor_sweeps(error_budgets: Sequence[float]) -> Dict[str, Tuple[str, Sequence[float], Callable]]:
+def predictor_sweeps() -> Dict[str, Tuple[str, Sequence[float], Callable]]:
     """name -> (knob name, knob values, fn(q, k, scale, keep_ranges, value) -> mask [B, H, NQ, NK])."""
 
     def sparge_cdf(q, k, scale, keep, value):
@@ -90,10 +90,10 @@ def predictor_sweeps(error_budgets: Sequence[float]) -> Dict[str, Tuple[str, Seq
 
 
 def evaluate(geometry: str, order: str, variant: str, heads: Sequence[int], predictors: Sequence[str],
-             scale_grid: float, device: str, error_budgets: Sequence[float], ideal_keeps_text: bool = False,
+             scale_grid: float, device: str, ideal_keeps_text: bool = False,
              ) -> List[dict]:
     """One (geometry, order, variant): rows of (predictor, knob, value, sparsity, rel_l1)."""
-    sweeps = {name: spec for name, spec in predictor_sweeps(error_budgets).items() if name in predictors}
+    sweeps = {name: spec for name, spec in predictor_sweeps().items() if name in predictors}
     index: List[Tuple[str, str, float]] = []
     for name, (knob, values, _) in sweeps.items():
         index += [(name, knob, v) for v in values]
@@ -128,8 +128,6 @@ def summarize(rows: List[dict]) -> List[dict]:
     """Best sparsity per (geometry, variant, order, predictor) at each budget."""
     groups: Dict[tuple, List[dict]] = {}
     for row in rows:
-        if row["predictor"] == "lse-budget":
-            continue
         groups.setdefault((row["geometry"], row["variant"], row["order"], row["predictor"]), []).append(row)
     out = []
     for (geometry, variant, order, predictor), items in groups.items():
@@ -318,7 +316,7 @@ def main(argv=None) -> int:
     parser.add_argument("--orders", nargs="+", default=["rowmajor", "hilbert"], choices=["rowmajor", "hilbert"])
     parser.add_argument("--variants", nargs="+", default=["tuning", "heldout"], choices=["tuning", "heldout"])
     parser.add_argument("--heads", type=int, default=4, help="heads evaluated per geometry (spread over the layer)")
-    parser.add_argument("--predictors", nargs="+", default=list(predictor_sweeps(BUDGETS)))
+    parser.add_argument("--predictors", nargs="+", default=list(predictor_sweeps()))
     parser.add_argument("--scale-grid", type=float, default=1.0, help="shrink h, w by this factor (quick runs)")
     parser.add_argument("--ideal-keeps-text", action="store_true",
                         help="the ideal selector also always keeps the text rows / columns (as the predictors do)")
@@ -354,7 +352,7 @@ def main(argv=None) -> int:
         for variant in args.variants:
             for order in args.orders:
                 all_rows += evaluate(geometry, order, variant, heads, args.predictors, args.scale_grid, args.device,
-                                     BUDGETS, args.ideal_keeps_text)
+                                     args.ideal_keeps_text)
                 summary = summarize(all_rows)
                 write_outputs(args.out, all_rows, summary)
                 print(print_table(summary), flush=True)
