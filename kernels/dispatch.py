@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from .budget import budget_drop_mass
-from .geometry import block_token_counts, blocks_touching, num_blocks
+from .geometry import block_token_counts, num_blocks
 from .selection import MODE_CDF, MODE_TOPK, Selection
 
 KERNEL_HEAD_DIMS = (64, 128)
@@ -188,8 +188,10 @@ def _budget(q, k, v, prepared, predictor, target_error, scale, ranges, sim_thres
         counts = block_token_counts(sk, block_n, q.device)
         logits = torch.matmul(prepared.q_means, prepared.k_means.transpose(-1, -2)) * scale + torch.log(counts)
         probs = torch.softmax(logits, dim=-1)
-    forced_rows = blocks_touching(ranges, sq, block_m, q.device)
-    forced_cols = blocks_touching(ranges, sk, block_n, k.device)
+    _, predict, _ = _kernel_modules()
+    # the selection kernel's own forced blocks (cached per geometry and device), not a second derivation per call
+    forced_rows = predict.forced_blocks(ranges, sq, block_m, q.device).bool()
+    forced_cols = predict.forced_blocks(ranges, sk, block_n, k.device).bool()
     if predictor == "sparge" and sim_threshold is not None:
         forced_rows = forced_rows | (prepared.q_sims < sim_threshold)
         forced_cols = forced_cols | (prepared.k_sims < sim_threshold)
