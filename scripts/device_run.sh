@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: install the carried wheels and this checkout, then run the named parts, logging under $OUT.
-# Parts: tests (GPU suite; in TEST_WORKERS processes when pytest-xdist is among the wheels), crossover, budget-cost, budget-eval, e2e. Usage: bash scripts/device_run.sh tests budget-eval
+# Parts: map-reuse, tests (GPU suite; in TEST_WORKERS processes when pytest-xdist is among the wheels), crossover, budget-cost, budget-eval, e2e. Usage: bash scripts/device_run.sh tests budget-eval
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -21,6 +21,8 @@ for part in "$@"; do
     e2e) timeout "${E2E_TIMEOUT:-230}" python3 scripts/bench_e2e.py --models wan21-1.3b-480p wan21-14b-720p \
            hunyuan-720p-129f --layers "${LAYERS:-4}" --repeats 2 --settings lse:0.5 eps:0.05 ${E2E_ARGS:-} \
            --out "$OUT/e2e_video" > "$log" 2>&1 ;;
+    map-reuse) timeout "${MAP_TIMEOUT:-120}" python3 scripts/map_reuse.py --size large --steps 20 --topk 0.5 0.3 \
+                 --out "$OUT/map_reuse_h200.csv" > "$log" 2>&1 ;;
     tests) workers=""; python3 -c "import xdist" 2>/dev/null && workers="-n ${TEST_WORKERS:-6}"
            timeout "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -m gpu $workers $(grep -rl "mark.gpu" tests/) \
              -p no:cacheprovider > "$log" 2>&1 ;;
