@@ -151,6 +151,8 @@ def enable_context_parallel(pipe_or_transformer, mode: str = "ulysses", degree: 
     from .integration import resolve_transformer
 
     transformer = resolve_transformer(pipe_or_transformer)
+    if degree is not None:  # bad settings fail before the process group is looked at
+        check_context_parallel(transformer, mode, degree, ulysses_anything=ulysses_anything)
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("enable_context_parallel needs torch.distributed initialised (run under torchrun)")
     degree = dist.get_world_size() if degree is None else degree
