@@ -131,7 +131,7 @@ def sparge_cp_plan(pipe_or_transformer) -> dict:
 
 
 def enable_context_parallel(pipe_or_transformer, mode: str = "ulysses", degree: Optional[int] = None, *,
-                            ulysses_anything: bool = False, mesh=None):
+                            ulysses_anything: bool = False, mesh=None, plan: Optional[dict] = None):
     """``transformer.enable_parallelism`` with Ulysses of ``degree`` ranks (default: the world size) and the Sparge
     plan (`sparge_cp_plan`). ``torch.distributed`` must be initialised. Works before or after `apply_sparge`; the
     dense (stock) attention runs under the same plan through diffusers' native backend.
@@ -139,6 +139,9 @@ def enable_context_parallel(pipe_or_transformer, mode: str = "ulysses", degree: 
     On a machine without an accelerator (gloo, tests) diffusers 0.42's ``enable_parallelism`` cannot be used (it
     computes ``rank % torch.accelerator.device_count()``, which is 0 there); the same steps are done here: the device
     mesh, the config on the model and its attention processors, and ``apply_context_parallel`` with the plan.
+
+    ``plan`` replaces the Sparge plan (e.g. the model's own ``_cp_plan`` for a stock baseline; Sparge then keeps
+    the tokens in row-major order, see `boundary_order_allowed`).
 
     Returns:
         the diffusers ``ParallelConfig`` now on the transformer.
@@ -157,7 +160,7 @@ def enable_context_parallel(pipe_or_transformer, mode: str = "ulysses", degree: 
         raise RuntimeError("enable_context_parallel needs torch.distributed initialised (run under torchrun)")
     degree = dist.get_world_size() if degree is None else degree
     check_context_parallel(transformer, mode, degree, ulysses_anything=ulysses_anything)
-    plan = sparge_cp_plan(transformer)
+    plan = sparge_cp_plan(transformer) if plan is None else plan
     cp_config = ContextParallelConfig(ulysses_degree=degree, ulysses_anything=ulysses_anything, mesh=mesh)
     if _accelerator_count() > 0:
         transformer.enable_parallelism(config=cp_config, cp_plan=plan)

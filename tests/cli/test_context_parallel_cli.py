@@ -102,3 +102,20 @@ def test_two_rank_generate_equals_one_process_and_rank0_writes(cli, tiny_wan_dir
     one = read_media(single / "a-cat-seed0.gif").astype(np.float32)
     two = read_media(parallel / "a-cat-seed0.gif").astype(np.float32)
     assert one.shape == two.shape and np.abs(one - two).mean() < 0.5  # uint8 frames: rounding only
+
+
+@pytest.mark.slow
+def test_two_rank_sweep_writes_one_results_file_with_the_world_size(tiny_wan_dir, tmp_path):
+    import csv
+
+    out = tmp_path / "sweep"
+    argv = ["sweep", "a cat", "--model", str(tiny_wan_dir), "--out-dir", str(out), "--no-warmup", "--metrics",
+            "psnr", *[a for a in WAN_FAST if a not in ("--precision", "bf16")], "--precision", "bf16",
+            "--context-parallel", "ulysses"]
+    mp.start_processes(_rank, args=(_free_port(), argv), nprocs=2, join=True, start_method="fork")
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["config"].split()[0], r["rank"]) for r in rows] == [("dense", "0"), ("topk=0.5", "0")]
+    assert float(rows[1]["sparsity"]) > 0.3
+    assert json.loads((out / "sweep.json").read_text())["parallel"] == {"context_parallel": "ulysses",
+                                                                         "world_size": 2}
+    assert not (out / "shards").exists()  # one stream of work, not data-parallel shards
