@@ -195,6 +195,16 @@ def sparge_dispatch_attention(
     if parallel is not None:
         return _context_parallel_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                                            _parallel_config, parallel, layer, policy)
+    return _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, layer, policy)
+
+
+def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, layer: LayerCall, policy: str,
+               chunks: int = 1) -> torch.Tensor:
+    """One device's attention ``[B, S, H, D]`` under ``policy``. ``chunks > 1``: the sequence is the concatenation of
+    ``chunks`` equal rank chunks (after a Ulysses all-to-all), each laid out as the single-device sequence (Flux:
+    ``[txt_0, img_0, txt_1, img_1, ...]``), so the text is one range per chunk."""
+    batch, seq_q, heads, _ = query.shape
+    seq_k = key.shape[1]
     if policy == "sparse" and attn_mask is not None and torch.compiler.is_compiling():
         # reading the mask is data-dependent: one opaque op reads it and runs the same path eagerly
         return _masked_sparse_op(query, key, value, attn_mask, layer.key, -1.0 if scale is None else float(scale))
@@ -208,7 +218,12 @@ def sparge_dispatch_attention(
     sparsities, backend = [], None
     if policy != "sparse":
         out = native_backend()(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                               scale=scale, enable_gqa=enable_gqa, _parallel_config=_parallel_config)
+                               scale=scale, enable_gqa=enable_gqa)
+    elif chunks > 1 and text != (0, 0):  # text in every rank chunk (no mask, no clipping: see the CP checks)
+        out, sparsity, backend = attend(query, key, value, layer=layer, layout="BSHD",
+                                        keep_ranges=chunked_ranges(text, seq_q, chunks), visual_offset=0,
+                                        scale=scale)
+        sparsities.append(sparsity)
     elif plan is None or plan.all_valid:
         visual_offset = text[1] if text[0] == 0 and text[1] > 0 else 0
         out, sparsity, backend = attend(query, key, value, layer=layer, layout="BSHD",
@@ -229,10 +244,12 @@ def _context_parallel_attention(query, key, value, attn_mask, dropout_p, is_caus
     heads = query.shape[2]
     check_heads(heads, parallel.ulysses_degree, parallel.ulysses_anything)
     full_len = query.shape[1] * parallel.ulysses_degree
-    if policy == "sparse" and text_range(layer, full_len) != (0, 0):
+    text = text_range(layer, full_len)
+    if policy == "sparse" and text != (0, 0) and not _chunked_text_ok(layer, text, full_len, parallel, attn_mask):
         policy = "cp_text"
-        log_once(logger, "backend-cp-text", "sparge backend: under context parallelism a self-attention sequence "
-                 "that holds text tokens is computed densely (the text is spread over the ranks' chunks)")
+        log_once(logger, "backend-cp-text", "sparge backend: under context parallelism, a self-attention sequence "
+                 "with text and a mask, clipped text, keep_token_ranges, ulysses_anything or the per-layer reorder is "
+                 "computed densely (its text positions are spread over the ranks' chunks)")
     template = _state.get("cp_template")
     if policy != "sparse" or template is None:
         timer = start_timer(layer, query.device)
@@ -247,13 +264,39 @@ def _context_parallel_attention(query, key, value, attn_mask, dropout_p, is_caus
                     _parallel_config=parallel_config)
 
 
+def _chunked_text_ok(layer: LayerCall, text, full_len: int, parallel, attn_mask) -> bool:
+    """Whether the text of a sequence split into equal rank chunks is one range per chunk that the sparse path can
+    keep (the family's text first or last in every chunk, nothing that needs single-device positions)."""
+    context = layer.context
+    degree = parallel.ulysses_degree
+    text_len = text[1] - text[0]
+    return (attn_mask is None and not parallel.ulysses_anything and context.reorder_at == "boundary"
+            and not context.config.keep_token_ranges and context.text_keep_len(text_len) == text_len
+            and full_len % degree == 0 and text_len % degree == 0)
+
+
+def chunked_ranges(text, seq_len: int, chunks: int):
+    """The text ``(start, end)`` of a single-device sequence of ``seq_len`` tokens (text first or last), in the
+    sequence that concatenates ``chunks`` equal rank chunks of it: one range per chunk.
+
+    E.g. Flux, text first, 2 ranks: ``[txt, img]`` -> ``[txt_0, img_0, txt_1, img_1]``, ranges
+    ``(0, T/2), (S/2, S/2 + T/2)``."""
+    start, end = text
+    local, text_local = seq_len // chunks, (end - start) // chunks
+    offset = 0 if start == 0 else local - text_local  # text first: at the chunk start; last: at its end
+    return tuple((r * local + offset, r * local + offset + text_local) for r in range(chunks))
+
+
 def _sparge_forward_op(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                        enable_gqa=False, return_lse=False, _save_ctx=True, _parallel_config=None):
     """The rank's attention between the all-to-alls: ``[B, S, H / P, D]``, the same sparse path as one device."""
     if return_lse:
         raise ValueError(RING_REFUSAL)
-    return sparge_dispatch_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                                     is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+    layer = active_layer.call or _standalone_layer()
+    parallel = context_parallel_info(_parallel_config)
+    return _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, layer,
+                      layer_policy(layer) if layer.sparse else "cross",
+                      chunks=1 if parallel is None else parallel.ulysses_degree)
 
 
 def _sparge_backward_op(ctx, grad_out, *args, **kwargs):

@@ -57,14 +57,12 @@ def test_world_size_that_does_not_divide_the_heads_is_refused(tmp_path):
     with pytest.raises(UsageError, match="--context-parallel ulysses: the world size=2 does not divide the 3 "
                                          "attention heads"):
         Launch("ulysses", 0, 2, 0).enable(model)
-    with pytest.raises(UsageError, match="not supported for flux"):
-        from sparge_diffusers.pipelines.tiny import tiny_transformer as build
+    with pytest.raises(UsageError, match="not supported for ltx"):
+        class LtxPipe:
+            transformer = tiny_transformer("ltx", num_layers=1)
 
-        class FluxPipe:
-            transformer = build("flux", num_layers=1)
-
-        Launch("ulysses", 0, 2, 0).enable(LoadedModel(pipe=FluxPipe(), family="flux", source="test",
-                                                       embedded=False, device="cpu", dtype=None))
+        Launch("ulysses", 0, 2, 0).enable(LoadedModel(pipe=LtxPipe(), family="ltx", source="test",
+                                                      embedded=False, device="cpu", dtype=None))
 
 
 def _free_port() -> int:
