@@ -111,7 +111,7 @@ class World:
 
 def build(bench, name: str, layers: Optional[int], world: World):
     """(model, inputs, tokens, full_layers) on this rank's device, the same weights and inputs on every rank."""
-    bench.DEVICE = "cuda" if world.cuda else "cpu"
+    bench.DEVICE = world.device  # its builders make their inputs there
     torch.manual_seed(0)
     with torch.device(world.device):
         if name == "tiny-wan":

@@ -23,8 +23,10 @@ What the backend honours, and what goes dense (diffusers' native SDPA backend, o
     - context parallelism (`sparge_diffusers.parallel`): Ulysses runs diffusers' own template (all-to-all, the
       attention on all tokens of ``H / P`` heads, inverse all-to-all) around the same sparse path, whose block map is
       then predicted per rank on its heads; dense calls go to the native backend with the parallel config; ring is
-      refused (`RING_REFUSAL`: the kernel returns no log-sum-exp); a self-attention sequence that holds text is
-      computed densely under context parallelism (the text is spread over the ranks' chunks);
+      refused (`RING_REFUSAL`: the kernel returns no log-sum-exp). A rank then holds the concatenation of every
+      rank's chunk (Flux: ``[txt_0, img_0, txt_1, img_1, ...]``), so the text is kept as one range per chunk
+      (`chunked_ranges`); text with a mask, clipped text (``SpargeGeometry.text_len``), ``keep_token_ranges``,
+      ``ulysses_anything`` or the per-layer reorder go dense there (``"cp_text"``);
     - ``Sq != Sk`` (cross-attention, e.g. Wan's text cross-attention, image K/V of Wan I2V) or a layer the family
       marks as not sparse: dense (``"cross"``): short keys, nothing to gain;
     - a key-padding ``attn_mask`` (bool, or additive with 0 / <= -1e4 values, shaped ``[B, Sk]``, ``[B, 1, Sk]``
@@ -255,7 +257,6 @@ def _context_parallel_attention(query, key, value, attn_mask, dropout_p, is_caus
         timer = start_timer(layer, query.device)
         out = native_backend()(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                                scale=scale, enable_gqa=enable_gqa, _parallel_config=parallel_config)
-        text = text_range(layer, full_len)
         record(layer, timer, policy=policy, sparsities=[], backend=None, batch=query.shape[0], heads=heads,
                seq_len=full_len, text_len=text[1] - text[0])
         return out
