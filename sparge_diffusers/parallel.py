@@ -136,9 +136,10 @@ def enable_context_parallel(pipe_or_transformer, mode: str = "ulysses", degree: 
     plan (`sparge_cp_plan`). ``torch.distributed`` must be initialised. Works before or after `apply_sparge`; the
     dense (stock) attention runs under the same plan through diffusers' native backend.
 
-    On a machine without an accelerator (gloo, tests) diffusers 0.42's ``enable_parallelism`` cannot be used (it
-    computes ``rank % torch.accelerator.device_count()``, which is 0 there); the same steps are done here: the device
-    mesh, the config on the model and its attention processors, and ``apply_context_parallel`` with the plan.
+    A transformer on the CPU (gloo: tests, smoke runs) cannot go through diffusers 0.42's ``enable_parallelism``: it
+    builds the mesh on the accelerator and computes ``rank % torch.accelerator.device_count()`` (0 without one); the
+    same steps are done here with a CPU mesh: the config on the model and its attention processors, and
+    ``apply_context_parallel`` with the plan.
 
     ``plan`` replaces the Sparge plan (e.g. the model's own ``_cp_plan`` for a stock baseline; Sparge then keeps
     the tokens in row-major order, see `boundary_order_allowed`).
@@ -162,24 +163,18 @@ def enable_context_parallel(pipe_or_transformer, mode: str = "ulysses", degree: 
     check_context_parallel(transformer, mode, degree, ulysses_anything=ulysses_anything)
     plan = sparge_cp_plan(transformer) if plan is None else plan
     cp_config = ContextParallelConfig(ulysses_degree=degree, ulysses_anything=ulysses_anything, mesh=mesh)
-    if _accelerator_count() > 0:
+    parameter = next(transformer.parameters(), None)
+    if parameter is not None and parameter.device.type != "cpu":
         transformer.enable_parallelism(config=cp_config, cp_plan=plan)
     else:
-        _enable_without_accelerator(transformer, cp_config, plan)
+        _enable_on_cpu(transformer, cp_config, plan)
     _SAFE.pop(transformer, None)
     logger.info("context parallelism: Ulysses over %d ranks with the Sparge plan of %s", degree,
                 type(transformer).__name__)
     return transformer._parallel_config
 
 
-def _accelerator_count() -> int:
-    accelerator = getattr(torch, "accelerator", None)
-    if accelerator is None or not accelerator.is_available():
-        return 0
-    return int(accelerator.device_count())
-
-
-def _enable_without_accelerator(transformer, cp_config, plan) -> None:
+def _enable_on_cpu(transformer, cp_config, plan) -> None:
     """diffusers 0.42 ``ModelMixin.enable_parallelism`` for a CPU (gloo) world, with the same checks and steps."""
     import torch.distributed as dist
     from diffusers.hooks.context_parallel import apply_context_parallel

@@ -15,8 +15,9 @@ import torch.multiprocessing as mp
 from sparge_diffusers.media import read_media
 
 # 1 frame of 128 x 256: a (1, 8, 16) grid, 128 tokens (two 64-token key blocks), one step
-WAN_FAST = ("--steps", "1", "--height", "128", "--width", "256", "--frames", "1", "--no-progress", "--topk", "0.5",
-            "--block-n", "64", "--sim-threshold", "none", "--precision", "bf16")
+# (--device cpu: the forked ranks must not touch CUDA on a GPU machine)
+WAN_FAST = ("--device", "cpu", "--steps", "1", "--height", "128", "--width", "256", "--frames", "1",
+            "--no-progress", "--topk", "0.5", "--block-n", "64", "--sim-threshold", "none", "--precision", "bf16")
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def _forward(transformer, inputs):
 def _worker(rank, port):
     import torch.distributed as dist
 
-    from sparge_diffusers.parallel import _enable_without_accelerator, enable_context_parallel
+    from sparge_diffusers.parallel import _enable_on_cpu, enable_context_parallel
     from sparge_diffusers.token_order import BoundaryOrder
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -131,7 +131,7 @@ def _worker(rank, port):
         own = tiny_transformer("wan", num_layers=1)
         from diffusers import ContextParallelConfig
 
-        _enable_without_accelerator(own, ContextParallelConfig(ulysses_degree=WORLD), own._cp_plan)
+        _enable_on_cpu(own, ContextParallelConfig(ulysses_degree=WORLD), own._cp_plan)
         apply_sparge(own, SpargeConfig(topk=1.0, sim_threshold=None, precision="bf16", reorder="hilbert"))
         out_own = _forward(own, inputs)
         assert get_sparge_context(own).current.permutation is None
