@@ -13,6 +13,12 @@ computed from the ids follows the tokens) and any ControlNet residuals; a forwar
 row-major order of the output tokens. The grid is read from ``img_ids`` (one device-to-host copy per new ids tensor,
 cached); image tokens after the leading grid (Kontext condition images, ids with another first coordinate) keep
 their place.
+
+Context parallelism: diffusers' own ``_cp_plan`` splits ``hidden_states``, ``encoder_hidden_states`` and both ids at
+the transformer's input, after the geometry pre-hook has put the image tokens (and their ids, hence the RoPE) in
+curve order, and gathers at ``proj_out`` before Sparge restores row-major order: it is the Sparge plan as it is.
+After Ulysses' all-to-all a rank holds ``[txt_0, img_0, txt_1, img_1, ...]``: the image tokens in curve order, one
+text range per rank chunk, all kept (`sparge_diffusers.backend.chunked_ranges`).
 """
 
 from __future__ import annotations
@@ -111,6 +117,11 @@ class FluxFamily(Family):
             perm = self._eager_order(context, bound, ids2d, num_visual, text_len)
         if perm is None:
             return
+        if getattr(transformer, "_parallel_config", None) is not None:
+            from sparge_diffusers.parallel import boundary_order_allowed
+
+            if not boundary_order_allowed(self, transformer):
+                return
         context.current.permutation = perm
         bound.set("hidden_states", perm.apply(hidden_states, dim=1))
         if img_ids is not None:
@@ -119,6 +130,9 @@ class FluxFamily(Family):
             samples = bound.get(name)
             if samples is not None:
                 bound.set(name, [perm.apply(s, dim=1) for s in samples])
+
+    def context_parallel_plan(self, transformer):
+        return type(transformer)._cp_plan  # splits at the input, after the boundary order (see the module doc)
 
     def _eager_order(self, context: SpargeContext, bound: BoundArguments, ids2d, num_visual: int, text_len):
         if context.geometry.grid is not None:

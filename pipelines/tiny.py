@@ -302,7 +302,8 @@ def tiny_prompt_embeds(pipe, family: Optional[str], prompts: Union[str, Sequence
     """
     transformer = getattr(pipe, "transformer", pipe)
     family = family or _family_of(transformer)
-    _check_family(family, pipelines_only=True)
+    if family != "wan":  # Wan: the folders of `tiny_wan_pipeline` (no embedded Wan model)
+        _check_family(family, pipelines_only=True)
     config = transformer.config
     param = next(transformer.parameters())
     device = param.device if device is None else device
@@ -315,6 +316,8 @@ def tiny_prompt_embeds(pipe, family: Optional[str], prompts: Union[str, Sequence
         spec = dict(length=config.max_text_seq_length, dim=config.text_embed_dim, pooled_dim=None, masked=False)
     elif family == "mochi":
         spec = dict(length=config.max_sequence_length, dim=config.text_embed_dim, pooled_dim=None, masked=True)
+    elif family == "wan":
+        spec = dict(length=TEXT_LEN, dim=config.text_dim, pooled_dim=None, masked=False)
     else:
         spec = dict(length=TEXT_LEN, dim=config.joint_attention_dim, pooled_dim=config.pooled_projection_dim,
                     masked=False)
@@ -332,6 +335,22 @@ def tiny_prompt_embeds(pipe, family: Optional[str], prompts: Union[str, Sequence
         if "pooled" in parts:
             kwargs[f"{prefix}pooled_prompt_embeds"] = parts["pooled"]
     return kwargs
+
+
+def tiny_wan_pipeline(*, device="cpu", dtype: torch.dtype = torch.float32, seed: int = 0, num_layers: int = 1):
+    """A tiny random-weight ``WanPipeline`` (no text encoder: `tiny_prompt_embeds` stands in), for the CLI tests of
+    dispatch-based models (``save_pretrained`` it and pass the folder as ``--model``). Its VAE compresses 8x in space
+    and 4x in time like Wan's: 9 frames of 128 x 256 become a (3, 8, 16) grid after patching, 384 tokens."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                               temperal_downsample=[False, True, True])
+    transformer = tiny_transformer("wan", seed=seed, num_layers=num_layers)
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    return pipe.to(device=device, dtype=dtype)
 
 
 def transformer_inputs(transformer, grid: Sequence[int], *, batch_size: int = 1,
@@ -518,6 +537,7 @@ __all__ = [
     "tiny_call_kwargs",
     "tiny_call_size",
     "tiny_pipeline",
+    "tiny_wan_pipeline",
     "tiny_prompt_embeds",
     "tiny_transformer",
     "transformer_inputs",

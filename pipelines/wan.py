@@ -8,9 +8,16 @@ the text (``attn2``; for I2V the image tokens of ``encoder_hidden_states_image``
 projections). Only ``attn1`` is sparse: the cross-attention keys are a few hundred text / image tokens.
 
 Boundary reorder: forward hooks on ``rope`` (cos and sin, ``[1, N, 1, D]``) and a pre-hook on ``blocks.0``
-(``hidden_states``) permute the video tokens; Wan 2.2 TI2V's per-token time embeddings (``condition_embedder``
-outputs ``temb`` / ``timestep_proj`` of shape ``[B, N, ...]``) move with them; a forward hook on ``proj_out``
-restores row-major order before the unpatchify reshape. Wan 2.2 A14B pipelines carry a second transformer
+(``hidden_states``) permute the video tokens; Wan 2.2 TI2V's per-token timesteps (the transformer's ``timestep``
+argument, ``[B, N]``; the time embedding is token-wise, so its ``temb`` / ``timestep_proj`` follow) move with them;
+a forward hook on ``proj_out`` restores row-major order before the unpatchify reshape.
+
+Context parallelism (`sparge_diffusers.parallel`): diffusers' ``WanTransformer3DModel._cp_plan`` splits the rotary
+embeddings at the output of ``rope``, before Sparge's forward hook there could put them in curve order. The Sparge
+plan (`WanFamily.context_parallel_plan`) is the same plan with that one split moved to the ``rotary_emb`` argument
+of every block (a view of the full, permuted embeddings: no copy); the hidden states are split at ``blocks.0``'s
+input after Sparge's pre-hook, the TI2V timestep at the transformer's input after the geometry hook, and the output
+is gathered at ``proj_out`` before Sparge restores row-major order. Wan 2.2 A14B pipelines carry a second transformer
 (``transformer_2``): the wrapped pipelines put Sparge on both.
 """
 
@@ -33,13 +40,24 @@ class WanFamily(Family):
     entry = (
         Boundary("rope", "output", dim=1),
         Boundary("blocks.0", "input", names=("hidden_states",), dim=1),
-        Boundary("condition_embedder", "output", items=(0, 1), dim=1, min_ndim=3),
+        Boundary("", "input", names=("timestep",), dim=1, min_ndim=2),  # Wan 2.2 TI2V: [B, N]
     )
     exit = (Boundary("proj_out"),)
 
     def grid(self, transformer, bound):
         p_t, p_h, _ = transformer.config.patch_size
         return video_grid(transformer, bound.get("hidden_states"), p_t, p_h)
+
+    def context_parallel_plan(self, transformer):
+        from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+        rope_split = ContextParallelInput(split_dim=1, expected_dims=4, split_output=False)  # cos, sin [1, N, 1, D]
+        return {
+            "": {"timestep": ContextParallelInput(split_dim=1, expected_dims=2, split_output=False)},
+            "blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)},
+            "blocks.*": {"rotary_emb": [rope_split, rope_split]},
+            "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+        }
 
 
 class SpargeWanPipeline(SpargePipelineMixin, WanPipeline):

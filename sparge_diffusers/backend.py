@@ -13,12 +13,20 @@ protection or reorder (logged once).
 Registration (`register_sparge_backend`): diffusers' backend enum ``AttentionBackendName`` is closed, so a new member
 is made the way NVIDIA Model-Optimizer and cache-dit add theirs (``str.__new__`` of the enum, entered in its
 ``_member_map_``, ``_value2member_map_`` and ``_member_names_``), and the function is entered with the registry's own
-``_AttentionBackendRegistry.register`` decorator, ``supports_context_parallel=False``. Nothing of diffusers is
-patched or wrapped. The version is checked first (tested with 0.42; `SUPPORTED_DIFFUSERS`); a different version, or
+``_AttentionBackendRegistry.register`` decorator, ``supports_context_parallel=True`` when diffusers has its
+context-parallel template (``_templated_context_parallel_attention``, 0.42). Nothing of diffusers is patched or
+wrapped. The version is checked first (tested with 0.42; `SUPPORTED_DIFFUSERS`); a different version, or
 tables of another shape, log one line and skip, and ``import sparge_diffusers`` never fails because of diffusers.
 
 What the backend honours, and what goes dense (diffusers' native SDPA backend, one log line per reason):
-    - ``is_causal``, ``dropout_p > 0``, grouped-query attention, a parallel config: dense (``"unsupported"``);
+    - ``is_causal``, ``dropout_p > 0``, grouped-query attention: dense (``"unsupported"``);
+    - context parallelism (`sparge_diffusers.parallel`): Ulysses runs diffusers' own template (all-to-all, the
+      attention on all tokens of ``H / P`` heads, inverse all-to-all) around the same sparse path, whose block map is
+      then predicted per rank on its heads; dense calls go to the native backend with the parallel config; ring is
+      refused (`RING_REFUSAL`: the kernel returns no log-sum-exp). A rank then holds the concatenation of every
+      rank's chunk (Flux: ``[txt_0, img_0, txt_1, img_1, ...]``), so the text is kept as one range per chunk
+      (`chunked_ranges`); text with a mask, clipped text (``SpargeGeometry.text_len``), ``keep_token_ranges``,
+      ``ulysses_anything`` or the per-layer reorder go dense there (``"cp_text"``);
     - ``Sq != Sk`` (cross-attention, e.g. Wan's text cross-attention, image K/V of Wan I2V) or a layer the family
       marks as not sparse: dense (``"cross"``): short keys, nothing to gain;
     - a key-padding ``attn_mask`` (bool, or additive with 0 / <= -1e4 values, shaped ``[B, Sk]``, ``[B, 1, Sk]``
@@ -39,6 +47,7 @@ import torch
 
 from ._logging import log_once as _log_once
 from .context import LayerCall, SpargeContext, active_layer, layer_by_key
+from .parallel import RING_REFUSAL, check_heads, context_parallel_info
 from .sparse_call import attend, keep_ranges_for, layer_policy, record, start_timer, text_range
 
 logger = logging.getLogger(__name__)
@@ -117,8 +126,11 @@ def register_sparge_backend(*, force: bool = False):
         names._value2member_map_[BACKEND_NAME] = member
         if ENUM_NAME not in names._member_names_:
             names._member_names_.append(ENUM_NAME)
-    registry.register(member, constraints=[], supports_context_parallel=False)(sparge_dispatch_attention)
+    template = getattr(dispatch, "_templated_context_parallel_attention", None)
+    registry.register(member, constraints=[], supports_context_parallel=template is not None)(
+        sparge_dispatch_attention)
     _state["native"] = registry._backends[names.NATIVE]
+    _state["cp_template"] = template
     _make_standalone_layer()
     _state["member"] = member
     logger.debug("registered the sparge attention backend with diffusers %s", installed)
@@ -169,14 +181,32 @@ def sparge_dispatch_attention(
     layer = active_layer.call or _standalone_layer()
     batch, seq_q, heads, _ = query.shape
     seq_k = key.shape[1]
-    if dropout_p or is_causal or _parallel_config is not None or key.shape[2] != heads:
+    parallel = context_parallel_info(_parallel_config)
+    if parallel is None:
+        _parallel_config = None  # a degree-1 config: the single-device path
+    elif parallel.ring_degree > 1:
+        raise ValueError(RING_REFUSAL)
+    if dropout_p or is_causal or key.shape[2] != heads:
         policy = "unsupported"
-        log_once(logger, "backend-unsupported", "sparge backend: is_causal, dropout, grouped-query attention or "
-                 "context parallelism requested; those calls use dense SDPA")
+        log_once(logger, "backend-unsupported", "sparge backend: is_causal, dropout or grouped-query attention "
+                 "requested; those calls use dense SDPA")
     elif not layer.sparse or seq_q != seq_k:
         policy = "cross"
     else:
         policy = layer_policy(layer)
+    if parallel is not None:
+        return _context_parallel_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                                           _parallel_config, parallel, layer, policy)
+    return _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, layer, policy)
+
+
+def _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, layer: LayerCall, policy: str,
+               chunks: int = 1) -> torch.Tensor:
+    """One device's attention ``[B, S, H, D]`` under ``policy``. ``chunks > 1``: the sequence is the concatenation of
+    ``chunks`` equal rank chunks (after a Ulysses all-to-all), each laid out as the single-device sequence (Flux:
+    ``[txt_0, img_0, txt_1, img_1, ...]``), so the text is one range per chunk."""
+    batch, seq_q, heads, _ = query.shape
+    seq_k = key.shape[1]
     if policy == "sparse" and attn_mask is not None and torch.compiler.is_compiling():
         # reading the mask is data-dependent: one opaque op reads it and runs the same path eagerly
         return _masked_sparse_op(query, key, value, attn_mask, layer.key, -1.0 if scale is None else float(scale))
@@ -190,7 +220,12 @@ def sparge_dispatch_attention(
     sparsities, backend = [], None
     if policy != "sparse":
         out = native_backend()(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                               scale=scale, enable_gqa=enable_gqa, _parallel_config=_parallel_config)
+                               scale=scale, enable_gqa=enable_gqa)
+    elif chunks > 1 and text != (0, 0):  # text in every rank chunk (no mask, no clipping: see the CP checks)
+        out, sparsity, backend = attend(query, key, value, layer=layer, layout="BSHD",
+                                        keep_ranges=chunked_ranges(text, seq_q, chunks), visual_offset=0,
+                                        scale=scale)
+        sparsities.append(sparsity)
     elif plan is None or plan.all_valid:
         visual_offset = text[1] if text[0] == 0 and text[1] > 0 else 0
         out, sparsity, backend = attend(query, key, value, layer=layer, layout="BSHD",
@@ -202,6 +237,72 @@ def sparge_dispatch_attention(
     record(layer, timer, policy=policy, sparsities=sparsities, backend=backend, batch=batch, heads=heads,
            seq_len=seq_q, text_len=text[1] - text[0])
     return out
+
+
+def _context_parallel_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                                parallel_config, parallel, layer: LayerCall, policy: str) -> torch.Tensor:
+    """One call under Ulysses: ``query, key, value: [B, S / P, H, D]`` (this rank's tokens, every head) ->
+    ``[B, S / P, H, D]``; the sparse path runs between diffusers' all-to-alls on ``[B, S, H / P, D]``."""
+    heads = query.shape[2]
+    check_heads(heads, parallel.ulysses_degree, parallel.ulysses_anything)
+    full_len = query.shape[1] * parallel.ulysses_degree
+    text = text_range(layer, full_len)
+    if policy == "sparse" and text != (0, 0) and not _chunked_text_ok(layer, text, full_len, parallel, attn_mask):
+        policy = "cp_text"
+        log_once(logger, "backend-cp-text", "sparge backend: under context parallelism, a self-attention sequence "
+                 "with text and a mask, clipped text, keep_token_ranges, ulysses_anything or the per-layer reorder is "
+                 "computed densely (its text positions are spread over the ranks' chunks)")
+    template = _state.get("cp_template")
+    if policy != "sparse" or template is None:
+        timer = start_timer(layer, query.device)
+        out = native_backend()(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                               scale=scale, enable_gqa=enable_gqa, _parallel_config=parallel_config)
+        record(layer, timer, policy=policy, sparsities=[], backend=None, batch=query.shape[0], heads=heads,
+               seq_len=full_len, text_len=text[1] - text[0])
+        return out
+    return template(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, False,
+                    forward_op=_sparge_forward_op, backward_op=_sparge_backward_op,
+                    _parallel_config=parallel_config)
+
+
+def _chunked_text_ok(layer: LayerCall, text, full_len: int, parallel, attn_mask) -> bool:
+    """Whether the text of a sequence split into equal rank chunks is one range per chunk that the sparse path can
+    keep (the family's text first or last in every chunk, nothing that needs single-device positions)."""
+    context = layer.context
+    degree = parallel.ulysses_degree
+    text_len = text[1] - text[0]
+    return (attn_mask is None and not parallel.ulysses_anything and context.reorder_at == "boundary"
+            and not context.config.keep_token_ranges and context.text_keep_len(text_len) == text_len
+            and full_len % degree == 0 and text_len % degree == 0)
+
+
+def chunked_ranges(text, seq_len: int, chunks: int):
+    """The text ``(start, end)`` of a single-device sequence of ``seq_len`` tokens (text first or last), in the
+    sequence that concatenates ``chunks`` equal rank chunks of it: one range per chunk.
+
+    E.g. Flux, text first, 2 ranks: ``[txt, img]`` -> ``[txt_0, img_0, txt_1, img_1]``, ranges
+    ``(0, T/2), (S/2, S/2 + T/2)``."""
+    start, end = text
+    local, text_local = seq_len // chunks, (end - start) // chunks
+    offset = 0 if start == 0 else local - text_local  # text first: at the chunk start; last: at its end
+    return tuple((r * local + offset, r * local + offset + text_local) for r in range(chunks))
+
+
+def _sparge_forward_op(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                       enable_gqa=False, return_lse=False, _save_ctx=True, _parallel_config=None):
+    """The rank's attention between the all-to-alls: ``[B, S, H / P, D]``, the same sparse path as one device."""
+    if return_lse:
+        raise ValueError(RING_REFUSAL)
+    layer = active_layer.call or _standalone_layer()
+    parallel = context_parallel_info(_parallel_config)
+    return _attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, layer,
+                      layer_policy(layer) if layer.sparse else "cross",
+                      chunks=1 if parallel is None else parallel.ulysses_degree)
+
+
+def _sparge_backward_op(ctx, grad_out, *args, **kwargs):
+    raise NotImplementedError("the sparge attention backend is inference-only (no backward under context "
+                              "parallelism)")
 
 
 @torch.library.custom_op("sparge_diffusers::masked_sparse_attention", mutates_args=())

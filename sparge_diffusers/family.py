@@ -15,7 +15,9 @@ A family is data where it can be:
     - ``ignored_module_prefixes``: attention modules that are not the model's layers (text refiners);
     - ``entry`` / ``exit``: `Boundary` points where the visual tokens enter the blocks (permuted into curve order
       once) and leave them (restored before unpatchify); hidden states and rotary embeddings move together;
-    - `grid`: how the latent grid after patching follows from the forward's arguments.
+    - `grid`: how the latent grid after patching follows from the forward's arguments;
+    - `context_parallel_plan`: the diffusers context-parallel plan under which the boundary order is applied before
+      the sequence is split (`sparge_diffusers.parallel`), or None (context parallelism with Sparge not supported).
 """
 
 from __future__ import annotations
@@ -209,6 +211,17 @@ class Family:
         """False for inputs whose token order the model relies on (logged by the family)."""
         return True
 
+    # context parallelism
+
+    def context_parallel_plan(self, transformer) -> Optional[Dict[str, Any]]:
+        """A diffusers ``_cp_plan`` whose split points all come after this family's entry boundaries and whose
+        gather comes before its exit (None: context parallelism with Sparge is not supported for the family)."""
+        return None
+
+    @property
+    def declares_context_parallel(self) -> bool:
+        return type(self).context_parallel_plan is not Family.context_parallel_plan
+
     def on_forward(self, transformer, context: SpargeContext, bound: BoundArguments) -> None:
         """Read the geometry of this forward, start it on the context, permute the transformer's own arguments."""
         grid, num_visual = self.grid(transformer, bound)
@@ -217,6 +230,11 @@ class Family:
                               text_side=self.text_side, timestep=bound.get("timestep"))
         if not self.can_reorder(transformer, bound):
             return
+        if getattr(transformer, "_parallel_config", None) is not None:
+            from .parallel import boundary_order_allowed
+
+            if not boundary_order_allowed(self, transformer):
+                return
         perm = context.permutation_for(self.device_of(bound))
         if perm is None:
             return
@@ -226,7 +244,7 @@ class Family:
                 for name in point.names:
                     value = bound.get(name)
                     if value is not None:
-                        bound.set(name, _permute_tree(value, perm, point.dim, revert=False))
+                        bound.set(name, _permute_tree(value, perm, point.dim, revert=False, min_ndim=point.min_ndim))
 
     def device_of(self, bound: BoundArguments):
         return bound.get("hidden_states").device

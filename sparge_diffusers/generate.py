@@ -15,6 +15,10 @@ other ``--frames`` is refused with the allowed counts.
 With ``--compare-dense`` the sidecar records PSNR / SSIM to the dense render twice: on the raw frames, and (mp4,
 gif) on the encoded files as ``sparge-diffusers eval`` reads them; the encoder's loss makes the second lower.
 
+Several GPUs for one render: ``torchrun --nproc-per-node N sparge-diffusers generate --context-parallel ulysses
+...`` splits every attention sequence over the N ranks (Wan; `sparge_diffusers.launch`); rank 0 writes the files and
+the sidecar records the world size.
+
 This module is the command only; library use goes through `sparge_diffusers.models.load_model` and
 `sparge_diffusers.rendering.render` (also importable from here).
 """
@@ -27,6 +31,7 @@ from .arguments import (add_block_argument, add_model_arguments, config_from_arg
                         model_from_args, optional_float, quiet_libraries, settings_from_args)
 from .config import PRECISIONS, PREDICTORS, REORDERS, SpargeConfig
 from .errors import UsageError
+from .launch import add_context_parallel_arguments, launch_from_args
 from .media import FORMATS, check_writable, sidecar_path
 from .models import EMBEDDED_MODELS, FAMILY_SPECS, LoadedModel, detect_family, load_model, model_family
 from .outputs import dense_path, output_targets, render_sidecar, slugify, summary_line, write_render
@@ -75,6 +80,7 @@ def add_parser(subparsers) -> None:
                             "and SSIM (of the raw frames and, for mp4 / gif, of the encoded files)")
     group.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
                        help="untimed warm-up call before each timed render (default: on with --compare-dense)")
+    add_context_parallel_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -99,18 +105,30 @@ def run(args: argparse.Namespace) -> int:
         check_writable(sidecar_path(target))
         if args.compare_dense:
             check_writable(dense_path(target))
+    launch = launch_from_args(args, device)
+    try:
+        return _generate(args, launch, model_name, settings, config, targets, launch.device(device), dtype)
+    finally:
+        launch.close()
 
-    model = load_model(model_name, device=device, dtype=dtype, progress=not args.no_progress)
+
+def _generate(args, launch, model_name, settings, config, targets, device, dtype) -> int:
+    model = load_model(model_name, device=device, dtype=dtype, progress=not args.no_progress and launch.writer)
     settings.validate(model)
+    launch.enable(model)
     fps = args.fps or (EMBEDDED_FPS if model.embedded else model.spec.fps)
     warmup = args.compare_dense if args.warmup is None else args.warmup
-    print(f"model {model.source} ({model.family}) on {device} {str(dtype).replace('torch.', '')}, "
-          f"loaded in {model.load_seconds:.1f} s")
+    if launch.writer:
+        where = f", context parallel ({launch.mode}) over {launch.world_size} ranks" if launch.parallel else ""
+        print(f"model {model.source} ({model.family}) on {device} {str(dtype).replace('torch.', '')}{where}, "
+              f"loaded in {model.load_seconds:.1f} s")
     for prompt, target in zip(args.prompts, targets):
         dense = render(model, prompt, settings, None, warmup=warmup, label="dense") if args.compare_dense else None
         result = render(model, prompt, settings, config, warmup=warmup, label="dense" if config is None else "sparse")
+        if not launch.writer:  # every rank renders (they run the collectives together); rank 0 writes
+            continue
         sidecar = render_sidecar(prompt, model, settings, config, result, device=device, fps=fps, warmup=warmup)
-        sidecar = write_render(target, result, sidecar, fps=fps, dense=dense)
+        sidecar = write_render(target, result, launch.record(sidecar), fps=fps, dense=dense)
         print(summary_line(target, result, sidecar))
     return 0
 

@@ -134,7 +134,8 @@ def write_render(target, result, sidecar: dict, *, fps: float, dense=None) -> di
             reference = dense_path(target)
             dense_media = write_media(reference, dense.frames, fps=fps)
             written.append(reference)
-            dense_sidecar = {key: sidecar[key] for key in ("prompt", "created", "model", "settings", "environment")}
+            dense_sidecar = {key: sidecar[key] for key in ("prompt", "created", "model", "settings", "environment",
+                                                           "parallel") if key in sidecar}
             dense_sidecar.update({"mode": "dense", "sparse": str(target), "media": dense_media,
                                   "timings": {"load_s": sidecar["timings"]["load_s"], "render_s": dense.seconds,
                                               "step_s": dense.step_seconds}})

@@ -18,6 +18,10 @@ Several GPUs: launch with ``torchrun --nproc-per-node N`` or ``accelerate launch
 ``WORLD_SIZE`` / ``LOCAL_RANK``) renders its share of the (prompt, seed) pairs on ``cuda:LOCAL_RANK`` into
 ``shards/results.rank<r>-of-<n>.csv``, and rank 0 waits for the other ranks' done-markers, merges the shards into
 ``results.csv`` and writes the plot and report. ``--merge-only`` redoes that merge (e.g. after a rank failed).
+
+One render over several GPUs instead: ``--context-parallel ulysses`` under torchrun splits every attention sequence
+over the ranks (`sparge_diffusers.launch`); all ranks render every row together, rank 0 writes the files, and
+``sweep.json`` records the world size (a folder is resumed only with the same one).
 """
 
 from __future__ import annotations
@@ -247,9 +251,10 @@ def run_sweep(prompts: Sequence[str], configs: Sequence[SpargeConfig], out_dir, 
               model: Optional[str] = None, settings=None, device: str = "cpu", dtype=None,
               evaluator: Optional[Evaluator] = None,
               warmup: bool = True, save_media: bool = False, progress: bool = True, env: Optional[dict] = None,
-              merge_timeout: float = 3600.0) -> dict:
+              merge_timeout: float = 3600.0, launch=None) -> dict:
     """Run (or resume) a sweep; returns ``{"rendered", "skipped", "results", "plot", "report"}`` (paths None on
-    ranks other than 0). See the module docstring for the files written."""
+    ranks other than 0). See the module docstring for the files written. ``launch``: a context-parallel
+    `sparge_diffusers.launch.Launch` (every rank renders every row; rank 0 writes)."""
     import torch
 
     from .models import default_model, load_model
@@ -259,18 +264,25 @@ def run_sweep(prompts: Sequence[str], configs: Sequence[SpargeConfig], out_dir, 
     settings = settings or RenderSettings()
     dtype = dtype or torch.float32
     evaluator = evaluator or Evaluator()
-    rank, world, local_rank = rank_info(env)
-    if world > 1 and str(device) == "cuda":
-        device = f"cuda:{local_rank}"
+    parallel = launch is not None and launch.parallel
+    if parallel:  # context parallel: one stream of work, written by rank 0
+        rank, world, writer, device = 0, 1, launch.writer, launch.device(device)
+    else:
+        rank, world, local_rank = rank_info(env)
+        writer = True
+        if world > 1 and str(device) == "cuda":
+            device = f"cuda:{local_rank}"
     paths = SweepPaths(Path(out_dir), rank, world)
     check_writable_dir(paths.root)
-    _check_meta(paths.root / META, sweep_meta(model, settings, dtype, evaluator), write=True)
+    _check_meta(paths.root / META, sweep_meta(model, settings, dtype, evaluator, launch=launch), write=writer)
 
     own = read_rows(paths.shard)  # the results CSV itself when there is one rank
     done = {row_key(r): r for r in merge_rows(read_rows(paths.results), own)}
     pairs = split_work([(p, s) for p in prompts for s in seeds], rank, world)
     labels = [DENSE_LABEL] + [config_label(c) for c in configs]
     todo = [(p, s, lab) for p, s in pairs for lab in labels if (p, str(s), lab) not in done]
+    if parallel:
+        todo = launch.broadcast(todo)  # the ranks run collectives together: rank 0's view of the folder decides
     skipped = len(pairs) * len(labels) - len(todo)
     if world > 1:
         paths.marker(rank).unlink(missing_ok=True)
@@ -279,7 +291,9 @@ def run_sweep(prompts: Sequence[str], configs: Sequence[SpargeConfig], out_dir, 
     if todo:
         loaded = load_model(model, device=device, dtype=dtype)
         settings.validate(loaded)
-        bar = _progress_bar(len(todo), progress, f"sweep rank {rank}" if world > 1 else "sweep")
+        if parallel:
+            launch.enable(loaded)
+        bar = _progress_bar(len(todo), progress and writer, f"sweep rank {rank}" if world > 1 else "sweep")
         by_pair: Dict[Tuple[str, int], List[str]] = {}
         for p, s, lab in todo:
             by_pair.setdefault((p, s), []).append(lab)
@@ -301,12 +315,16 @@ def run_sweep(prompts: Sequence[str], configs: Sequence[SpargeConfig], out_dir, 
             dense_path = paths.dense_frames(prompt, seed)
             dense_frames = _load_frames(dense_path) if dense_path.is_file() else None
             dense_seconds = _number(dense_row["seconds"]) if dense_row else None
-            if DENSE_LABEL in pair_labels or dense_frames is None:
+            need_dense = DENSE_LABEL in pair_labels or dense_frames is None
+            if parallel:
+                need_dense = launch.broadcast(need_dense)
+            if need_dense:
                 bar.set_description(f"{prompt[:24]} dense")
                 result = render(loaded, prompt, run_settings, None, warmup=warmup)
                 dense_frames, dense_seconds = result.frames, result.seconds
-                _save_frames(dense_path, dense_frames)
-                if DENSE_LABEL in pair_labels:
+                if writer:
+                    _save_frames(dense_path, dense_frames)
+                if DENSE_LABEL in pair_labels and writer:
                     shard_rows = record(_render_row(prompt, seed, DENSE_LABEL, None, result, evaluator, None, None,
                                                     rank), prompt, seed, DENSE_LABEL, result, shard_rows)
             for label in pair_labels:
@@ -314,11 +332,15 @@ def run_sweep(prompts: Sequence[str], configs: Sequence[SpargeConfig], out_dir, 
                     continue
                 bar.set_description(f"{prompt[:24]} {label.split()[0]}")
                 result = render(loaded, prompt, run_settings, config_of[label], warmup=warmup)
+                if not writer:
+                    continue
                 shard_rows = record(_render_row(prompt, seed, label, config_of[label], result, evaluator,
                                                 dense_frames, dense_seconds, rank),
                                     prompt, seed, label, result, shard_rows)
         bar.close()
     out = {"rendered": rendered, "skipped": skipped, "results": None, "plot": None, "report": None}
+    if not writer:
+        return out
     if world > 1:
         write_text(paths.marker(rank), datetime.now(timezone.utc).isoformat() + "\n")
         if rank != 0:
@@ -328,12 +350,16 @@ def run_sweep(prompts: Sequence[str], configs: Sequence[SpargeConfig], out_dir, 
     return out
 
 
-def sweep_meta(model: str, settings, dtype, evaluator: Optional[Evaluator] = None) -> dict:
-    """What must not change between the runs that fill one out folder: the model, the call settings, and the
-    metric models that score the rows (two CLIP models' scores in one column would not compare)."""
+def sweep_meta(model: str, settings, dtype, evaluator: Optional[Evaluator] = None, launch=None) -> dict:
+    """What must not change between the runs that fill one out folder: the model, the call settings, the metric
+    models that score the rows (two CLIP models' scores in one column would not compare) and, for a
+    context-parallel launch, its world size (the timings depend on it)."""
     evaluator = evaluator or Evaluator()
-    return {"model": model, "settings": settings.to_dict(), "dtype": str(dtype).replace("torch.", ""),
+    meta = {"model": model, "settings": settings.to_dict(), "dtype": str(dtype).replace("torch.", ""),
             "metrics": evaluator.describe()}
+    if launch is not None and launch.parallel:
+        meta["parallel"] = {"context_parallel": launch.mode, "world_size": launch.world_size}
+    return meta
 
 
 def _check_meta(path: Path, meta: dict, *, write: bool) -> None:
@@ -646,6 +672,9 @@ def add_parser(subparsers) -> None:
                            help="only merge rank shards and rewrite the plot and report")
     run_group.add_argument("--merge-timeout", type=float, default=3600.0, metavar="S",
                            help="how long rank 0 waits for the other ranks (default: 3600)")
+    from .launch import add_context_parallel_arguments
+
+    add_context_parallel_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -707,19 +736,28 @@ def run(args: argparse.Namespace) -> int:
     rank, world, _ = rank_info()
     if args.overwrite and world > 1:
         raise UsageError("--overwrite does not work with several ranks: empty --out-dir before the launch")
-    evaluator = Evaluator.create(parse_metrics(args.metrics), clip_model=args.clip_model, vqa_model=args.vqa_model,
-                                 device=device, vqa_frames=args.vqa_frames)
-    if not args.overwrite:
-        _check_meta(root / META, sweep_meta(model, settings, dtype, evaluator), write=False)
-    if args.overwrite and root.is_dir():
-        _clear(root)
-    for note in evaluator.notes:
-        if rank == 0:
-            print(note)
-    out = run_sweep(prompts, configs, root, seeds=args.seeds, model=model, settings=settings, device=device,
-                    dtype=dtype, evaluator=evaluator, warmup=args.warmup, save_media=args.save_media,
-                    progress=not args.no_progress, merge_timeout=args.merge_timeout)
-    where = f"rank {rank}/{world}: " if world > 1 else ""
+    from .launch import launch_from_args
+
+    launch = launch_from_args(args, device)
+    try:
+        evaluator = Evaluator.create(parse_metrics(args.metrics), clip_model=args.clip_model,
+                                     vqa_model=args.vqa_model, device=launch.device(device),
+                                     vqa_frames=args.vqa_frames)
+        if not args.overwrite:
+            _check_meta(root / META, sweep_meta(model, settings, dtype, evaluator, launch=launch), write=False)
+        if args.overwrite and root.is_dir():
+            _clear(root)
+        for note in evaluator.notes:
+            if rank == 0:
+                print(note)
+        out = run_sweep(prompts, configs, root, seeds=args.seeds, model=model, settings=settings, device=device,
+                        dtype=dtype, evaluator=evaluator, warmup=args.warmup, save_media=args.save_media,
+                        progress=not args.no_progress, merge_timeout=args.merge_timeout, launch=launch)
+    finally:
+        launch.close()
+    if launch.parallel and not launch.writer:
+        return 0
+    where = f"rank {rank}/{world}: " if world > 1 and not launch.parallel else ""
     print(f"{where}{out['rendered']} render(s), {out['skipped']} already done")
     if out["report"] is not None:
         print(f"results {out['results']}\nplot    {out['plot']}\nreport  {out['report']}")
