@@ -135,6 +135,9 @@ def main(argv=None) -> None:
                              "psnr": float("inf") if config is None else round(psnr(frames, ref), 3),
                              "ssim": 1.0 if config is None else round(ssim(frames, ref), 4),
                              "frames": frames, "check": check})
+                if len(rows) % 10 == 0:  # partial results survive a time limit (the table counts the renders)
+                    write_results(args, call, block_n, str(dtype), len(prompts), rows, done + [name], tag,
+                                  time.time() - t_start)
         if config is not None:
             remove_sparge(pipe)
         done.append(name)
@@ -212,14 +215,14 @@ def write_results(args, call, block_n, dtype, n_prompts, rows, done, tag, second
              f"{call['num_inference_steps']} steps, guidance {call['guidance_scale']})", "",
              f"{n_prompts} prompts x {args.seeds} seeds, key block {block_n}, device {args.device}, {dtype}; "
              f"PSNR / SSIM against the dense render of the same seed; checker accuracy against the prompt.", "",
-             "| setting | sparsity | PSNR dB (mean / min) | SSIM | colour acc | motion acc | both |",
-             "|---|---|---|---|---|---|---|"]
+             "| setting | renders | sparsity | PSNR dB (mean / min) | SSIM | colour acc | motion acc | both |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in done:
         sel = [r for r in rows if r["setting"] == name]
         acc = _accuracy(sel)
         finite = [r["psnr"] for r in sel if math.isfinite(r["psnr"])]
         psnr_text = "dense" if not finite else f"{np.mean(finite):.2f} / {np.min(finite):.2f}"
-        lines.append(f"| {name} | {np.mean([r['sparsity'] for r in sel]):.3f} | {psnr_text} | "
+        lines.append(f"| {name} | {len(sel)} | {np.mean([r['sparsity'] for r in sel]):.3f} | {psnr_text} | "
                      f"{np.mean([r['ssim'] for r in sel]):.4f} | {acc['colour']:.3f} | {acc['motion']:.3f} | "
                      f"{acc['both']:.3f} |")
     if math.isfinite(seconds):

@@ -12,7 +12,7 @@ OUT_DIR=${1:-gpu_out}
 DEVICE=${DEVICE:-cuda}
 INIT=${INIT:-sparge_diffusers/embedded/tiny-cogvideox}
 EXPORT=export/tiny-cogvideox
-EVAL_TIMEOUT=${EVAL_TIMEOUT:-145}
+EVAL_TIMEOUT=${EVAL_TIMEOUT:-140}
 mkdir -p "$OUT_DIR" results
 T0=$(date +%s)
 stamp() { echo "== $(( $(date +%s) - T0 )) s: $*"; }
@@ -35,25 +35,36 @@ tar -cf "$OUT_DIR/pipe_rest.tar" --exclude=diffusion_pytorch_model.safetensors -
   && tar -rf "$OUT_DIR/pipe_rest.tar" -C export tiny-cogvideox/vae/diffusion_pytorch_model.safetensors
 tar -cf "$OUT_DIR/results.tar" results
 stamp evaluate
+export OMP_NUM_THREADS=2
 EV="python3 scripts/eval_embedded.py --model $EXPORT --device $DEVICE --out results ${EVAL_EXTRA:-}"
-(timeout $EVAL_TIMEOUT $EV --size default --prompts 25 --seeds 2 --settings topk0.5_ds0,eps0.05_ds0 --tag default-a \
-    > results/eval_default_a.log 2>&1; echo "stream A exit $?") &
-(timeout $EVAL_TIMEOUT $EV --size default --prompts 25 --seeds 2 --settings topk0.5_ds2,eps0.05_ds2 --tag default-b \
-    --samples 0 > results/eval_default_b.log 2>&1; echo "stream B exit $?") &
-(timeout 50 python3 scripts/attention_sparsity.py --model $EXPORT --size large --prompts 2 --device $DEVICE \
+# one process per sparse setting (each renders its own dense reference): the tiny model leaves the GPU idle, the
+# host's cores are the limit
+for s in topk0.5_ds0 eps0.05_ds0 topk0.5_ds2 eps0.05_ds2; do
+    samples=0; [ $s = topk0.5_ds0 ] && samples=8
+    (timeout $EVAL_TIMEOUT $EV --size default --prompts 25 --seeds 2 --settings $s --tag default-$s \
+        --samples $samples > results/eval_default_$s.log 2>&1; echo "default $s exit $?") &
+done
+for s in topk0.5_ds0,eps0.05_ds0 topk0.5_ds2,eps0.05_ds2; do
+    (timeout ${LARGE_TIMEOUT:-120} $EV --size large --prompts 6 --seeds 1 --settings $s --tag large-${s%%,*} \
+        --samples $( [ $s = topk0.5_ds0,eps0.05_ds0 ] && echo 6 || echo 0 ) > results/eval_large_${s%%,*}.log 2>&1
+     echo "large $s exit $?") &
+done
+(timeout ${SPARSITY_TIMEOUT:-60} python3 scripts/attention_sparsity.py --model $EXPORT --size large --prompts 2 --device $DEVICE \
     --out results ${SPARSITY_EXTRA:-} > results/sparsity_large.log 2>&1; echo "sparsity exit $?"
- timeout 70 $EV --size large --prompts 8 --seeds 1 --tag large > results/eval_large.log 2>&1; echo "large exit $?"
- timeout 20 python3 scripts/attention_sparsity.py --model $EXPORT --size large --prompts 1 --random \
+ timeout ${RANDOM_TIMEOUT:-40} python3 scripts/attention_sparsity.py --model $EXPORT --size large --prompts 1 --random \
     --device $DEVICE --out results ${SPARSITY_EXTRA:-} > results/sparsity_random.log 2>&1; echo "random exit $?") &
 wait
 stamp merge
-python3 scripts/eval_embedded.py --size default --merge results/eval_default-a.csv results/eval_default-b.csv \
-    --tag default-$DEVICE --out results --device $DEVICE --dtype "$( [ $DEVICE = cpu ] && echo torch.float32 || echo torch.bfloat16 )" 2>&1 | tail -12
+DT=$( [ $DEVICE = cpu ] && echo torch.float32 || echo torch.bfloat16 )
+python3 scripts/eval_embedded.py --size default --merge results/eval_default-*.csv --tag default-$DEVICE \
+    --out results --device $DEVICE --dtype $DT 2>&1 | tail -12
+python3 scripts/eval_embedded.py --size large --merge results/eval_large-*.csv --tag large-$DEVICE \
+    --out results --device $DEVICE --dtype $DT 2>&1 | tail -9
 tar -cf "$OUT_DIR/results.tar" results
 stamp summary
 grep -h "ms per step\|exported\|time budget spent" results/train.log
 tail -3 results/train_tiny_loss.csv
-for f in results/eval_large.md results/sparsity_large.md results/sparsity_large-random.md; do
+for f in results/sparsity_large.md results/sparsity_large-random.md; do
     [ -f $f ] && sed -n '3,40p' $f
 done
 grep -h "renders in\|Error\|error" results/eval_*.log | head -20
