@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Third GPU session (issue 14): continue stage 2 from the shipped weights with 16-token captions (every 5th step at
+# Third GPU session (issue 14): continue stage 2 from the shipped weights with 16-token captions (every 6th step at
 # the stock 226), the object-weighted loss, 30% of timesteps from the noisier half and more plain backgrounds, so
 # that the transformer reads the text; then measure the new export in three parallel streams (dense vs sparse at
 # the default size, split over two processes; oracle sparsity and dense vs sparse at the large size).
@@ -19,8 +19,8 @@ stamp() { echo "== $(( $(date +%s) - T0 )) s: $*"; }
 python3 -c "import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"
 stamp train
 set -o pipefail
-timeout ${TRAIN_TIMEOUT:-305} python3 scripts/train_tiny.py --device $DEVICE --export $EXPORT --init-from $INIT \
-    --time-budget ${DIFFUSION_SECONDS:-270} --max-wall ${MAX_WALL:-285} --text-len 16 --long-text-every 5 \
+timeout ${TRAIN_TIMEOUT:-330} python3 scripts/train_tiny.py --device $DEVICE --export $EXPORT --init-from $INIT \
+    --time-budget ${DIFFUSION_SECONDS:-295} --max-wall ${MAX_WALL:-310} --text-len 16 --long-text-every 6 \
     --object-weight 4 --high-t-frac 0.3 --backgrounds plain,plain,gradient,texture --caption-dropout 0.1 \
     --lr 4e-4 --text-lr 1e-3 --warmup 100 --ema 0.998 --large-every 4 --ckpt-dir checkpoints/train_tiny_h6 \
     --loss-log results/train_tiny_loss.csv ${TRAIN_EXTRA:-} 2>&1 | grep --line-buffered -v "Warning\|warn(" \

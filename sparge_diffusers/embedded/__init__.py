@@ -28,7 +28,7 @@ from typing import Dict
 MODEL_NAME = "tiny-cogvideox"
 # T5 tokens per prompt (the pipeline's ``max_sequence_length``). Captions hold at most 7 tokens; padding them to the
 # stock 226 without an attention mask buried them among ~220 identical pad tokens, and the first trained model
-# ignored the text. Training pads to 16 (and to 226 on every 5th step, so a plain ``pipe(prompt)`` still works); the
+# ignored the text. Training pads to 16 (and to 226 on every 6th step, so a plain ``pipe(prompt)`` still works); the
 # exported transformer config stores it as ``max_text_seq_length``, which the CLI passes as ``max_sequence_length``.
 TEXT_LEN = 16
 
