@@ -16,13 +16,13 @@ EVAL_TIMEOUT=${EVAL_TIMEOUT:-140}
 mkdir -p "$OUT_DIR" results
 T0=$(date +%s)
 stamp() { echo "== $(( $(date +%s) - T0 )) s: $*"; }
-python3 -c "import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"
 stamp train
 set -o pipefail
 timeout ${TRAIN_TIMEOUT:-330} python3 scripts/train_tiny.py --device $DEVICE --export $EXPORT --init-from $INIT \
-    --time-budget ${DIFFUSION_SECONDS:-295} --max-wall ${MAX_WALL:-310} --text-len 16 --long-text-every 6 \
+    --time-budget ${DIFFUSION_SECONDS:-295} --max-wall ${MAX_WALL:-310} --text-len 16 --long-text-every ${LONG_TEXT_EVERY:-6} \
     --object-weight 4 --high-t-frac 0.3 --backgrounds plain,plain,gradient,texture --caption-dropout 0.1 \
-    --lr 4e-4 --text-lr 1e-3 --warmup 100 --ema 0.998 --large-every 4 --ckpt-dir checkpoints/train_tiny_h6 \
+    --lr ${LR:-4e-4} --text-lr 1e-3 --warmup ${WARMUP:-100} --ema ${EMA:-0.998} --large-every ${LARGE_EVERY:-4} \
+    --ckpt-dir checkpoints/train_tiny_h6 \
     --loss-log results/train_tiny_loss.csv ${TRAIN_EXTRA:-} 2>&1 | grep --line-buffered -v "Warning\|warn(" \
     | tee results/train.log | grep --line-buffered -v "step [0-9]*[1-9]0/\|step [0-9]*[1-9]/\|step [0-9]*[1-9]5/"
 echo "train exit: $?"
@@ -41,11 +41,11 @@ EV="python3 scripts/eval_embedded.py --model $EXPORT --device $DEVICE --out resu
 # host's cores are the limit
 for s in topk0.5_ds0 eps0.05_ds0 topk0.5_ds2 eps0.05_ds2; do
     samples=0; [ $s = topk0.5_ds0 ] && samples=8
-    (timeout $EVAL_TIMEOUT $EV --size default --prompts 25 --seeds 2 --settings $s --tag default-$s \
+    (timeout $EVAL_TIMEOUT $EV --size default --prompts ${PROMPTS:-25} --seeds ${SEEDS:-2} --settings $s --tag default-$s \
         --samples $samples > results/eval_default_$s.log 2>&1; echo "default $s exit $?") &
 done
 for s in topk0.5_ds0,eps0.05_ds0 topk0.5_ds2,eps0.05_ds2; do
-    (timeout ${LARGE_TIMEOUT:-120} $EV --size large --prompts 6 --seeds 1 --settings $s --tag large-${s%%,*} \
+    (timeout ${LARGE_TIMEOUT:-120} $EV --size large --prompts ${LARGE_PROMPTS:-6} --seeds 1 --settings $s --tag large-${s%%,*} \
         --samples $( [ $s = topk0.5_ds0,eps0.05_ds0 ] && echo 6 || echo 0 ) > results/eval_large_${s%%,*}.log 2>&1
      echo "large $s exit $?") &
 done
@@ -54,6 +54,7 @@ done
  timeout ${RANDOM_TIMEOUT:-40} python3 scripts/attention_sparsity.py --model $EXPORT --size large --prompts 1 --random \
     --device $DEVICE --out results ${SPARSITY_EXTRA:-} > results/sparsity_random.log 2>&1; echo "random exit $?") &
 wait
+tar -cf "$OUT_DIR/results.tar" results
 stamp merge
 DT=$( [ $DEVICE = cpu ] && echo torch.float32 || echo torch.bfloat16 )
 python3 scripts/eval_embedded.py --size default --merge results/eval_default-*.csv --tag default-$DEVICE \
