@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from sparge_diffusers import SpargeConfig, apply_sparge, get_sparge_stats, remove_sparge
-from sparge_diffusers.checker import accuracy, check_video
+from sparge_diffusers.checker import check_video
 from sparge_diffusers.embedded import default_call_kwargs, embedded_model_path
 from sparge_diffusers.metrics.fidelity import psnr, ssim
 from sparge_diffusers.procedural import COLOUR_NAMES, MOTIONS, OBJECTS
@@ -47,12 +47,14 @@ def eval_prompts(n: int) -> List[str]:
 
 
 def settings(block_n: int):
-    """(name, config or None for dense) of every evaluated setting."""
+    """(name, config or None for dense) of every evaluated setting. ``speed_rule="sparse"``: on CUDA the default
+    ``"auto"`` sends these short sequences to dense SDPA (the GPU run of 2026-12-02 measured sparsity 0 that way)."""
     rows = [("dense", None)]
     for dense_steps in (0, 2):
-        rows.append((f"topk0.5_ds{dense_steps}", SpargeConfig(topk=0.5, block_n=block_n, dense_steps=dense_steps)))
+        rows.append((f"topk0.5_ds{dense_steps}", SpargeConfig(topk=0.5, block_n=block_n, dense_steps=dense_steps,
+                                                                 speed_rule="sparse")))
         rows.append((f"eps0.05_ds{dense_steps}", SpargeConfig(target_error=0.05, topk=None, block_n=block_n,
-                                                               dense_steps=dense_steps)))
+                                                               dense_steps=dense_steps, speed_rule="sparse")))
     return rows
 
 
@@ -69,6 +71,11 @@ def parse_args(argv=None):
     p.add_argument("--out", default="benchmarks/results/embedded")
     p.add_argument("--tag", default=None)
     p.add_argument("--samples", type=int, default=8, help="dense renders drawn into samples_<tag>.png (0: none)")
+    p.add_argument("--settings", default=None, help="comma-separated subset of the settings to run (dense always "
+                   "runs: it is the reference), e.g. topk0.5_ds2,eps0.05_ds2")
+    p.add_argument("--merge", nargs="+", default=None, metavar="CSV",
+                   help="render nothing: merge eval CSVs of parallel runs (same prompts, seeds, size) into "
+                        "eval_<tag>.csv / .md")
     p.add_argument("--smoke", action="store_true", help="2 prompts x 1 seed, 2 steps, 32 x 32 (CPU path test)")
     return p.parse_args(argv)
 
@@ -84,6 +91,9 @@ def main(argv=None) -> None:
 
     args = parse_args(argv)
     call = default_call_kwargs(args.size)
+    if args.merge:
+        merge(args, call)
+        return
     if args.smoke:
         call.update(height=32, width=32, num_inference_steps=2)
         args.prompts, args.seeds = 2, 1
@@ -101,7 +111,14 @@ def main(argv=None) -> None:
     os.makedirs(args.out, exist_ok=True)
     dense = {}
     done = []
-    for name, config in settings(block_n):
+    chosen = settings(block_n)
+    if args.settings:
+        wanted = [w.strip() for w in args.settings.split(",") if w.strip()]
+        unknown = sorted(set(wanted) - {name for name, _ in chosen})
+        if unknown:
+            raise SystemExit(f"--settings: unknown {unknown}; choose from {[name for name, _ in chosen]}")
+        chosen = [(name, config) for name, config in chosen if config is None or name in wanted]
+    for name, config in chosen:
         if config is not None:
             apply_sparge(pipe, config, collect_stats=True)
         t0 = time.time()
@@ -120,11 +137,14 @@ def main(argv=None) -> None:
                              "psnr": float("inf") if config is None else round(psnr(frames, ref), 3),
                              "ssim": 1.0 if config is None else round(ssim(frames, ref), 4),
                              "frames": frames, "check": check})
+                if len(rows) % 10 == 0:  # partial results survive a time limit (the table counts the renders)
+                    write_results(args, call, block_n, str(dtype), len(prompts), rows, done + [name], tag,
+                                  time.time() - t_start)
         if config is not None:
             remove_sparge(pipe)
         done.append(name)
         print(f"{name}: {len(prompts) * args.seeds} renders in {time.time() - t0:.1f} s", flush=True)
-        write_results(args, call, block_n, dtype, prompts, rows, done, tag, time.time() - t_start)
+        write_results(args, call, block_n, str(dtype), len(prompts), rows, done, tag, time.time() - t_start)
         if config is None and args.samples:
             write_samples(args, rows, tag)
     print(open(os.path.join(args.out, f"eval_{tag}.md")).read())
@@ -140,7 +160,53 @@ def write_samples(args, rows, tag) -> None:
         f.write("\n".join(f"{r['prompt']} (seed {r['seed']}): checker {r['colour']}, {r['motion']}" for r in sel))
 
 
-def write_results(args, call, block_n, dtype, prompts, rows, done, tag, seconds) -> None:
+def _flag(value):
+    """A CSV cell of colour_ok / motion_ok back to True / False / None."""
+    if isinstance(value, bool) or value is None:
+        return value
+    return {"True": True, "False": False}.get(str(value))
+
+
+def merge(args, call) -> None:
+    """One table from the CSVs of parallel runs: dense rows once, each setting's rows from the first file with it."""
+    rows, done, seen = [], [], set()
+    for path in args.merge:
+        with open(path, newline="") as f:
+            file_rows = list(csv.DictReader(f))
+        for name in dict.fromkeys(r["setting"] for r in file_rows):
+            if name in seen:
+                continue
+            seen.add(name)
+            done.append(name)
+            for r in file_rows:
+                if r["setting"] == name:
+                    rows.append({**r, "seed": int(r["seed"]), "colour_ok": _flag(r["colour_ok"]),
+                                 "motion_ok": _flag(r["motion_ok"]), "sparsity": float(r["sparsity"]),
+                                 "psnr": float(r["psnr"]), "ssim": float(r["ssim"])})
+    if "dense" in done:  # dense first, then the settings in their usual order
+        order = [name for name, _ in settings(args.block_n or 64)]
+        done.sort(key=lambda n: order.index(n) if n in order else len(order))
+    pairs = {(r["prompt"], r["seed"]) for r in rows}
+    seeds = len({s for _, s in pairs})
+    block_n = args.block_n or (64 if args.size == "default" else 128)
+    tag = args.tag or f"{args.size}-merged"
+    os.makedirs(args.out, exist_ok=True)
+    write_results(argparse.Namespace(size=args.size, seeds=seeds, out=args.out, device=args.device), call, block_n,
+                  args.dtype or "see the merged runs", len(pairs) // max(seeds, 1), rows, done, tag, float("nan"))
+    print(open(os.path.join(args.out, f"eval_{tag}.md")).read())
+
+
+def _accuracy(sel) -> dict:
+    """Checker accuracy from rows' colour_ok / motion_ok (None: the prompt does not say; left out)."""
+    def share(values):
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else float("nan")
+
+    return {"colour": share([r["colour_ok"] for r in sel]), "motion": share([r["motion_ok"] for r in sel]),
+            "both": share([r["colour_ok"] is not False and r["motion_ok"] is not False for r in sel])}
+
+
+def write_results(args, call, block_n, dtype, n_prompts, rows, done, tag, seconds) -> None:
     fields = ["setting", "prompt", "seed", "colour", "motion", "colour_ok", "motion_ok", "sparsity", "psnr", "ssim"]
     with open(os.path.join(args.out, f"eval_{tag}.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
@@ -149,19 +215,20 @@ def write_results(args, call, block_n, dtype, prompts, rows, done, tag, seconds)
     h, w, t = call["height"], call["width"], call["num_frames"]
     lines = [f"# Sparse vs dense on the embedded model ({args.size} size: {t} x {h} x {w}, "
              f"{call['num_inference_steps']} steps, guidance {call['guidance_scale']})", "",
-             f"{len(prompts)} prompts x {args.seeds} seeds, key block {block_n}, device {args.device}, {dtype}; "
+             f"{n_prompts} prompts x {args.seeds} seeds, key block {block_n}, device {args.device}, {dtype}; "
              f"PSNR / SSIM against the dense render of the same seed; checker accuracy against the prompt.", "",
-             "| setting | sparsity | PSNR dB (mean / min) | SSIM | colour acc | motion acc | both |",
-             "|---|---|---|---|---|---|---|"]
+             "| setting | renders | sparsity | PSNR dB (mean / min) | SSIM | colour acc | motion acc | both |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in done:
         sel = [r for r in rows if r["setting"] == name]
-        acc = accuracy([r["check"] for r in sel])
+        acc = _accuracy(sel)
         finite = [r["psnr"] for r in sel if math.isfinite(r["psnr"])]
         psnr_text = "dense" if not finite else f"{np.mean(finite):.2f} / {np.min(finite):.2f}"
-        lines.append(f"| {name} | {np.mean([r['sparsity'] for r in sel]):.3f} | {psnr_text} | "
+        lines.append(f"| {name} | {len(sel)} | {np.mean([r['sparsity'] for r in sel]):.3f} | {psnr_text} | "
                      f"{np.mean([r['ssim'] for r in sel]):.4f} | {acc['colour']:.3f} | {acc['motion']:.3f} | "
                      f"{acc['both']:.3f} |")
-    lines += ["", f"{seconds:.0f} s in all."]
+    if math.isfinite(seconds):
+        lines += ["", f"{seconds:.0f} s in all."]
     with open(os.path.join(args.out, f"eval_{tag}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -6,8 +6,10 @@ small KL term, on procedural clips; its latent scale is then set to 1 / std of t
 transformer and the T5 text encoder jointly with the CogVideoX diffusion loss: v-prediction MSE over uniform
 timesteps of the pipeline's `CogVideoXDPMScheduler` (``add_noise`` / ``get_velocity``; the x0-loss with weight
 1 / (1 - alpha_bar) of diffusers' CogVideoX fine-tuning scripts is the same loss), with 10% empty captions for
-classifier-free guidance, text padded to the pipeline's default 226 tokens, and the pipeline's own rotary
-embeddings. Steps alternate between the default (CPU) size and the large (sparsity) size, so the model
+classifier-free guidance, and the pipeline's own rotary embeddings. Captions are padded to ``--text-len`` T5
+tokens (16: the embedded model's ``max_sequence_length``, stored in the exported transformer config; the first run
+padded to the stock 226 and learned to ignore the text, see the model card), and every ``--long-text-every``-th
+step pads to the stock 226 instead, so a plain ``pipe(prompt)`` keeps working. Steps alternate between the default (CPU) size and the large (sparsity) size, so the model
 knows both. An EMA of the weights is exported.
 
 Everything is drawn from ``--seed`` and the step index (data, timesteps, noise), so a run is reproducible up to
@@ -68,6 +70,17 @@ def parse_args(argv=None):
     p.add_argument("--ema", type=float, default=0.995, help="EMA decay of the exported weights (run 1 used 0.999, "
                    "too slow for its 1,265 steps)")
     p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--text-len", type=int, default=build.TEXT_LEN,
+                   help="T5 tokens of training captions (the pipeline's max_sequence_length; stored in the exported "
+                        "transformer config as max_text_seq_length, which DEFAULT_CALL and the CLI pass)")
+    p.add_argument("--long-text-every", type=int, default=5,
+                   help=f"every n-th stage-2 step pads captions to the stock {build.STOCK_TEXT_LEN} tokens instead, "
+                        "so a plain pipe(prompt) call also works (0: never)")
+    p.add_argument("--high-t-frac", type=float, default=0.0,
+                   help="share of stage-2 timesteps drawn from the noisier half [T/2, T) instead of uniformly "
+                        "(the text decides the layout at high noise)")
+    p.add_argument("--backgrounds", default="plain,gradient,texture",
+                   help="background kinds drawn uniformly per clip; repeat a kind to weight it (plain,plain,...)")
     p.add_argument("--time-budget", type=float, default=420.0, help="stage-2 seconds (sets --steps when 0)")
     p.add_argument("--max-wall", type=float, default=0.0, help="stop (checkpointed) after this many seconds of "
                                                                 "this run, 0 = never")
@@ -83,10 +96,11 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def clips(step_seed: int, batch: int, size: dict, device, with_data: bool = False) -> tuple:
+def clips(step_seed: int, batch: int, size: dict, device, with_data: bool = False,
+          backgrounds=("plain", "gradient", "texture")) -> tuple:
     """Procedural clips as VAE input ``[B, 3, F, H, W]`` in [-1, 1] and their captions (and the batch)."""
     data = procedural_batch(batch, frames=size["num_frames"], height=size["height"], width=size["width"],
-                            seed=step_seed, device=device)
+                            seed=step_seed, device=device, backgrounds=backgrounds)
     video = data.frames.permute(0, 4, 1, 2, 3).mul(2.0).sub(1.0).contiguous()
     return (video, data.captions, data) if with_data else (video, data.captions)
 
@@ -133,8 +147,12 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     device = torch.device(args.device)
     small, large = dict(DEFAULT_CALL), dict(LARGE_CALL)
-    small.pop("num_inference_steps", None), small.pop("guidance_scale", None)
-    large.pop("num_inference_steps", None), large.pop("guidance_scale", None)
+    for call in (small, large):
+        for key in ("num_inference_steps", "guidance_scale", "max_sequence_length"):
+            call.pop(key, None)
+    backgrounds = tuple(k.strip() for k in args.backgrounds.split(",") if k.strip())
+    if args.text_len < 8:
+        raise SystemExit(f"--text-len must be >= 8 (captions hold up to 7 tokens), got {args.text_len}")
     if args.smoke:
         small = {"height": 32, "width": 32, "num_frames": 9}
         large = {"height": 64, "width": 64, "num_frames": 9}
@@ -261,13 +279,13 @@ def main(argv=None) -> None:
     alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     token_cache = {}
 
-    def embed(captions, model):
+    def embed(captions, model, length):
         ids = []
         for c in captions:
-            if c not in token_cache:
-                token_cache[c] = tokenizer(c, padding="max_length", max_length=build.TEXT_LEN, truncation=True,
-                                           add_special_tokens=True, return_tensors="pt").input_ids[0]
-            ids.append(token_cache[c])
+            if (c, length) not in token_cache:  # the tokenizer call of CogVideoXPipeline._get_t5_prompt_embeds
+                token_cache[c, length] = tokenizer(c, padding="max_length", max_length=length, truncation=True,
+                                                   add_special_tokens=True, return_tensors="pt").input_ids[0]
+            ids.append(token_cache[c, length])
         return model(torch.stack(ids).to(device))[0]
 
     rope_cache = {}
@@ -284,13 +302,17 @@ def main(argv=None) -> None:
         size, batch = (large, args.large_batch) if is_large else (small, args.batch)
         g = torch.Generator(device="cpu").manual_seed(args.seed * 7_000_001 + step)
         x, captions, data = clips(args.seed * 1_000_003 + 500_000 + step + (10 ** 6 if args.init_from else 0),
-                                  batch, size, device, with_data=True)
+                                  batch, size, device, with_data=True, backgrounds=backgrounds)
+        long_text = args.long_text_every > 0 and step % args.long_text_every == args.long_text_every // 2
         drop = torch.rand(batch, generator=g) < args.caption_dropout
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
         with torch.no_grad(), autocast:
             latents = vae.encode(x).latent_dist.sample() * scaling  # [B, C, F', h, w]
         latents = latents.float().permute(0, 2, 1, 3, 4).contiguous()  # [B, F', C, h, w]
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=g).to(device)
+        n_t = scheduler.config.num_train_timesteps
+        t = torch.randint(0, n_t, (batch,), generator=g)
+        high = torch.rand(batch, generator=g) < args.high_t_frac
+        t = torch.where(high, n_t // 2 + t // 2, t).to(device)  # [B]: uniform, or uniform over [T/2, T)
         noise = torch.randn(latents.shape, generator=g).to(device)
         a = alphas[t].view(-1, 1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
@@ -298,7 +320,7 @@ def main(argv=None) -> None:
         lr_scale = cosine_lr(step, total, args.warmup, 1.0)
         opt.param_groups[0]["lr"], opt.param_groups[1]["lr"] = args.lr * lr_scale, args.text_lr * lr_scale
         with autocast:
-            text = embed(captions, text_encoder)
+            text = embed(captions, text_encoder, build.STOCK_TEXT_LEN if long_text else args.text_len)
             pred = transformer(hidden_states=noisy, encoder_hidden_states=text, timestep=t,
                                image_rotary_emb=rope(size, latents.shape[1]), return_dict=False)[0]
         if args.object_weight > 0:
@@ -368,6 +390,7 @@ def export_pipeline(args, pipe, ema, scaling, state) -> None:
     vae.register_to_config(scaling_factor=scaling)
     source = {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder} if args.export_live else ema
     transformer = copy.deepcopy(source["transformer"]).to("cpu").float()
+    transformer.register_to_config(max_text_seq_length=args.text_len)  # the CLI passes it as max_sequence_length
     text_encoder = copy.deepcopy(source["text_encoder"]).to("cpu").float()
     out = CogVideoXPipeline(tokenizer=pipe.tokenizer, text_encoder=text_encoder, vae=vae.half(),
                             transformer=transformer.half(), scheduler=pipe.scheduler)
@@ -377,7 +400,11 @@ def export_pipeline(args, pipe, ema, scaling, state) -> None:
         json.dump({"seed": args.seed, "vae_steps": state.get("vae_steps"), "steps": state["steps"], "steps_done": state["step"],
                    "batch": args.batch,
                    "large_batch": args.large_batch, "large_every": args.large_every, "lr": args.lr,
-                   "init_from": args.init_from, "object_weight": args.object_weight, "stage2_seconds": round(state["seconds"], 1), "scaling_factor": scaling}, f, indent=2)
+                   "init_from": args.init_from, "object_weight": args.object_weight, "text_len": args.text_len,
+                   "long_text_every": args.long_text_every, "high_t_frac": args.high_t_frac,
+                   "caption_dropout": args.caption_dropout, "text_lr": args.text_lr, "ema": args.ema,
+                   "warmup": args.warmup, "backgrounds": args.backgrounds,
+                   "stage2_seconds": round(state["seconds"], 1), "scaling_factor": scaling}, f, indent=2)
     logger.info("exported %s", args.export)
 
 

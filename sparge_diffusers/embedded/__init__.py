@@ -15,8 +15,8 @@ Two call sizes (both trained; CogVideoX 1.0 rotary positions interpolate over th
 =========  ==================  ===========================  =====================================
 size       frames x H x W      tokens (video + text)        use
 =========  ==================  ===========================  =====================================
-default    9 x 128 x 128       3 x 16 x 16 = 768 + 226      CPU renders, the CLI default, CPU tests
-large      17 x 256 x 256      5 x 32 x 32 = 5,120 + 226    GPU: sparsity and quality measurements
+default    9 x 128 x 128       3 x 16 x 16 = 768 + 16       CPU renders, the CLI default, CPU tests
+large      17 x 256 x 256      5 x 32 x 32 = 5,120 + 16     GPU: sparsity and quality measurements
 =========  ==================  ===========================  =====================================
 """
 
@@ -26,12 +26,17 @@ import os
 from typing import Dict
 
 MODEL_NAME = "tiny-cogvideox"
+# T5 tokens per prompt (the pipeline's ``max_sequence_length``). Captions hold at most 7 tokens; padding them to the
+# stock 226 without an attention mask buried them among ~220 identical pad tokens, and the first trained model
+# ignored the text. Training pads to 16 (and to 226 on every 6th step, so a plain ``pipe(prompt)`` still works); the
+# exported transformer config stores it as ``max_text_seq_length``, which the CLI passes as ``max_sequence_length``.
+TEXT_LEN = 16
 
 # keyword arguments of a CogVideoXPipeline call
 DEFAULT_CALL: Dict[str, float] = {"height": 128, "width": 128, "num_frames": 9, "num_inference_steps": 20,
-                                  "guidance_scale": 6.0}
+                                  "guidance_scale": 6.0, "max_sequence_length": TEXT_LEN}
 LARGE_CALL: Dict[str, float] = {"height": 256, "width": 256, "num_frames": 17, "num_inference_steps": 20,
-                                "guidance_scale": 6.0}
+                                "guidance_scale": 6.0, "max_sequence_length": TEXT_LEN}
 
 
 def embedded_model_path() -> str:
@@ -49,4 +54,4 @@ def default_call_kwargs(size: str = "default") -> Dict[str, float]:
     return dict(DEFAULT_CALL if size == "default" else LARGE_CALL)
 
 
-__all__ = ["DEFAULT_CALL", "LARGE_CALL", "MODEL_NAME", "default_call_kwargs", "embedded_model_path"]
+__all__ = ["DEFAULT_CALL", "LARGE_CALL", "MODEL_NAME", "TEXT_LEN", "default_call_kwargs", "embedded_model_path"]

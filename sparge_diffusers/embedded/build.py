@@ -24,10 +24,11 @@ from typing import Dict, Optional
 import torch
 
 from ..procedural import vocabulary
+from . import TEXT_LEN
 
 logger = logging.getLogger(__name__)
 
-TEXT_LEN = 226  # CogVideoXPipeline's default max_sequence_length: training pads to it, so default calls match
+STOCK_TEXT_LEN = 226  # CogVideoXPipeline's default max_sequence_length (a plain pipe(prompt) call pads to it)
 TEXT_DIM = 128
 
 TOKENIZER_SPECIALS = ("<pad>", "</s>", "<unk>")
@@ -132,6 +133,6 @@ def parameter_counts(pipe) -> Dict[str, int]:
             for name in ("transformer", "vae", "text_encoder")}
 
 
-__all__ = ["SCHEDULER_CONFIG", "TEXT_ENCODER_CONFIG", "TEXT_LEN", "TRANSFORMER_CONFIG", "VAE_CONFIG",
+__all__ = ["SCHEDULER_CONFIG", "TEXT_ENCODER_CONFIG", "STOCK_TEXT_LEN", "TEXT_LEN", "TRANSFORMER_CONFIG", "VAE_CONFIG",
            "build_pipeline", "build_scheduler", "build_text_encoder", "build_tokenizer", "build_transformer",
            "build_vae", "parameter_counts", "save_pipeline"]

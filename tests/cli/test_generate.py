@@ -21,6 +21,7 @@ def test_generate_default_model_writes_video_and_sidecar(cli, fast, tmp_path, li
                                 "prompt_encoding": "text encoder"}  # the shipped trained pipeline, its own T5
     assert sidecar["sparge"]["topk"] == 0.5 and sidecar["sparge"]["block_n"] == 64  # 64-key blocks: short sequences
     assert sidecar["settings"]["call"]["num_inference_steps"] == 1
+    assert sidecar["settings"]["call"]["max_sequence_length"] == 16  # the text length the model was trained on
     assert sidecar["timings"]["render_s"] > 0 and len(sidecar["timings"]["step_s"]) == 1
     assert 0.0 < sidecar["sparsity"]["mean"] < 1.0
     assert set(sidecar["sparsity"]["by_step"]) == {"0"}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparge_diffusers.embedded import DEFAULT_CALL, LARGE_CALL, default_call_kwargs, embedded_model_path
+from sparge_diffusers.embedded import DEFAULT_CALL, LARGE_CALL, TEXT_LEN, default_call_kwargs, embedded_model_path
 
 SMALL = {"height": 64, "width": 64, "num_frames": 9}  # 3 x 8 x 8 = 192 video tokens + 226 text
 
@@ -50,6 +50,21 @@ def test_loads_with_no_arguments(pipe):
     unk = pipe.tokenizer.unk_token_id
     assert unk not in ids[0, :5].tolist() and ids[0, 4] == pipe.tokenizer.eos_token_id
     assert ids[1, 0] == pipe.tokenizer.eos_token_id and int(ids[1, 1:].max()) == pipe.tokenizer.pad_token_id
+
+
+def test_text_length_is_the_trained_one_everywhere(pipe):
+    # the model was trained on captions padded to TEXT_LEN tokens: the calls and the CLI (which reads the
+    # transformer config) must pad to the same length, and the longest caption must fit
+    from sparge_diffusers.embedded.build import TRANSFORMER_CONFIG
+    from sparge_diffusers.models import load_model
+
+    assert TEXT_LEN == 16 < 226
+    assert DEFAULT_CALL["max_sequence_length"] == LARGE_CALL["max_sequence_length"] == TEXT_LEN
+    assert pipe.transformer.config.max_text_seq_length == TRANSFORMER_CONFIG["max_text_seq_length"] == TEXT_LEN
+    ids = pipe.tokenizer(["a magenta triangle rolling right"], padding="max_length", max_length=TEXT_LEN,
+                         truncation=True, add_special_tokens=True, return_tensors="pt").input_ids
+    assert ids.shape == (1, TEXT_LEN) and ids[0, 5] == pipe.tokenizer.eos_token_id
+    assert load_model().prompt_kwargs("a red ball")["max_sequence_length"] == TEXT_LEN
 
 
 def test_tiny_cpu_render(pipe):
