@@ -242,8 +242,12 @@ class Family:
             family.on_forward(module, context, bound)
             return bound.result()
 
+        def finish_hook(module, args, output):
+            context.end_forward()
+
         handles = [transformer.register_forward_pre_hook(geometry_hook, with_kwargs=True)]
         handles += self.install_boundary_hooks(transformer, context)
+        handles.append(transformer.register_forward_hook(finish_hook))
         return handles
 
     def install_boundary_hooks(self, transformer, context: SpargeContext) -> List[Any]:
