@@ -40,13 +40,19 @@ def triton_unavailable_reason(q: torch.Tensor) -> Optional[str]:
     return None
 
 
-@functools.lru_cache(maxsize=1)
-def _kernel_modules():
-    from .block_sparse_attn import kernel as block_sparse_attn
-    from .predict import kernel as predict
-    from .quantize import kernel as quantize
+_MODULES: list = []
 
-    return quantize, predict, block_sparse_attn
+
+def _kernel_modules():
+    # memoized in a list, not functools.lru_cache: torch.compile traces this (through `triton_unavailable_reason`)
+    # and warns about every lru_cache wrapper it meets
+    if not _MODULES:
+        from .block_sparse_attn import kernel as block_sparse_attn
+        from .predict import kernel as predict
+        from .quantize import kernel as quantize
+
+        _MODULES.append((quantize, predict, block_sparse_attn))
+    return _MODULES[0]
 
 
 @functools.lru_cache(maxsize=16)
@@ -80,13 +86,33 @@ def sparge_attention_triton(
             earlier call); None measures them in this call (`budget.budget_drop_mass`).
     Returns:
         ``out`` ``[B, H, Sq, D]`` contiguous in q's dtype; ``lut`` int32 ``[B, H, NQ, NK]``; ``counts`` int32
-        ``[B, H, NQ]``; ``drop`` fp32 ``[B, H]``: the drop masses used (NaN for rules without one).
+        ``[B, H, NQ]``; ``drop`` fp32 ``[B, H]``: the drop masses used (unspecified values for rules without one:
+        allocated, never written, which saves a fill launch per call).
     """
-    flat_ranges = [bound for pair in keep_ranges for bound in pair]
+    if _eager_launch(q, k, v):
+        # eager inference: the launch sequence itself, without the custom op's dispatch round trip (tens of µs a
+        # call); torch.compile and autograd see the op
+        if q.is_cuda and q.device.index != torch.cuda.current_device():
+            with torch.cuda.device(q.device):
+                return sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_threshold,
+                                               pv_threshold, precision, _flat(keep_ranges), predictor, drop_mass)
+        return sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_threshold, pv_threshold,
+                                       precision, _flat(keep_ranges), predictor, drop_mass)
     return torch.ops.sparge_diffusers.sparge_attention(
         q, k, v, scale, block_m, block_n, selection.rule, selection.value, sim_threshold, pv_threshold, precision,
-        flat_ranges, predictor, drop_mass,
+        _flat(keep_ranges), predictor, drop_mass,
     )
+
+
+def _eager_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """True when the op can be skipped: not traced by torch.compile and no input needs a gradient."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+
+
+def _flat(keep_ranges: Sequence[Tuple[int, int]]) -> List[int]:
+    return [bound for pair in keep_ranges for bound in pair]
 
 
 @torch.library.custom_op("sparge_diffusers::sparge_attention", mutates_args=())
@@ -115,6 +141,8 @@ def _sparge_attention_op(
 def sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_threshold, pv_threshold, precision,
                             keep_ranges, predictor, drop_mass=None):
     """The launch sequence behind the custom op (callable directly, e.g. under ``TRITON_INTERPRET=1``).
+
+    ``keep_ranges`` is flat (``[start0, end0, start1, end1, ...]``), as the op takes it.
 
     Selection follows `reference.naive_sparge_attention` through the same `selection.Selection`. Both predictors run
     in Triton: ``"sparge"`` as pooled scores + `predict.select_blocks_fwd`, ``"lse"`` as the block log-masses of
@@ -176,7 +204,8 @@ def sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_thr
 
 
 def _no_drop(b: int, h: int, device) -> torch.Tensor:
-    return torch.full((b, h), float("nan"), dtype=torch.float32, device=device)
+    # an op output of fixed shape that nobody reads for rules without a drop mass: no fill kernel
+    return torch.empty((b, h), dtype=torch.float32, device=device)
 
 
 def _budget(q, k, v, prepared, predictor, target_error, scale, ranges, sim_threshold, block_m, block_n):

@@ -244,14 +244,35 @@ def _choose_backend(q: torch.Tensor, k: torch.Tensor, config: SpargeConfig) -> s
         return "dense"
     if config.is_dense and config.precision == "bf16":
         return "dense"
-    if q.is_cuda and should_go_dense(q, k, config):
-        return "dense"
     if q.is_cuda:
-        from .kernels.dispatch import triton_unavailable_reason
-
-        reason = triton_unavailable_reason(q)
-        if reason is None:
-            return "triton"
-        log_once(logger, f"triton:{reason}", "sparge_attn: Triton kernels unavailable (%s); using the PyTorch "
-                 "reference path, which is correct but slow", reason)
+        choice, reason = _cuda_backend(q, k, config)
+        if reason is not None:
+            log_once(logger, f"triton:{reason}", "sparge_attn: Triton kernels unavailable (%s); using the PyTorch "
+                     "reference path, which is correct but slow", reason)
+        return choice
     return "reference"
+
+
+# (device, head dim, key length, selection, speed rule) -> (backend, reason the Triton path is unavailable)
+_CUDA_BACKENDS: dict = {}
+
+
+def _cuda_backend(q: torch.Tensor, k: torch.Tensor, config: SpargeConfig) -> Tuple[str, Optional[str]]:
+    """The speed rule and the Triton check of a CUDA call, memoized per geometry in eager mode (they read the device
+    capability and the crossover table: about 10-20 µs of Python a call)."""
+    compiling = torch.compiler.is_compiling()
+    key = (q.device, q.shape[-1], k.shape[-2], config.selection, config.speed_rule)
+    if not compiling and key in _CUDA_BACKENDS:
+        return _CUDA_BACKENDS[key]
+    from .kernels.dispatch import triton_unavailable_reason
+
+    if should_go_dense(q, k, config):
+        result = ("dense", None)
+    else:
+        reason = triton_unavailable_reason(q)
+        result = ("triton", None) if reason is None else ("reference", reason)
+    if not compiling:
+        if len(_CUDA_BACKENDS) >= 4096:
+            _CUDA_BACKENDS.clear()
+        _CUDA_BACKENDS[key] = result
+    return result
