@@ -185,7 +185,9 @@ def run(args) -> List[dict]:
     cuda = not args.tiny
     device = "cuda" if cuda else "cpu"
     dtype = torch.bfloat16 if cuda else torch.float32
-    shapes = TINY_SHAPES if args.tiny else {name: SHAPES[name] for name in args.shapes}
+    known = {**SHAPES, **TINY_SHAPES}
+    names = args.shapes or (list(TINY_SHAPES) if args.tiny else list(SHAPES))
+    shapes = {name: known[name] for name in names}
     meta = dict(gpu=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__, triton=_triton_version())
     if cuda:
         import triton.testing
@@ -260,7 +262,8 @@ def _triton_version() -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="CSV path")
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--shapes", nargs="+", default=None, choices=list(SHAPES) + list(TINY_SHAPES),
+                        help="default: every full shape (GPU) or every tiny shape (--tiny)")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--finite", nargs="+", default=list(FINITE_MODES), choices=FINITE_MODES)
     parser.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms")
