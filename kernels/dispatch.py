@@ -85,7 +85,8 @@ def sparge_attention_triton(
         drop_mass: fp32 ``[B, H]`` per-head drop masses for the ``"budget"`` rule (calibrated, or reused from an
             earlier call); None measures them in this call (`budget.budget_drop_mass`).
     Returns:
-        ``out`` ``[B, H, Sq, D]`` contiguous in q's dtype; ``lut`` int32 ``[B, H, NQ, NK]``; ``counts`` int32
+        ``out`` ``[B, H, Sq, D]`` in q's dtype, contiguous or in q's transposed ``[B, Sq, H, D]`` layout
+        (`output_like`); ``lut`` int32 ``[B, H, NQ, NK]``; ``counts`` int32
         ``[B, H, NQ]``; ``drop`` fp32 ``[B, H]``: the drop masses used (unspecified values for rules without one:
         allocated, never written, which saves a fill launch per call).
     """
@@ -187,7 +188,7 @@ def sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_thr
                                                     sim_threshold=None, block_logits=prepared.block_logits,
                                                     drop_mass=drop, **common)
 
-    out = torch.empty((b, h, sq, d), dtype=q.dtype, device=q.device)
+    out = output_like(q)
     kwargs = dict(seq_len_q=sq, seq_len_k=sk, block_m=block_m, block_n=block_n, pv_mode=pv_mode,
                   softmax_scale=scale, pv_threshold=pv_threshold)
     if not quantized:
@@ -233,9 +234,19 @@ def _sparge_attention_fake(q, k, v, scale, block_m, block_n, rule, rule_value, s
                            precision, keep_ranges, predictor, drop_mass):
     b, h, sq, d = q.shape
     nq, nk = num_blocks(sq, block_m), num_blocks(k.shape[2], block_n)
-    out = q.new_empty((b, h, sq, d))
+    out = output_like(q)
     return (out, q.new_empty((b, h, nq, nk), dtype=torch.int32), q.new_empty((b, h, nq), dtype=torch.int32),
             q.new_empty((b, h), dtype=torch.float32))
+
+
+def output_like(q: torch.Tensor) -> torch.Tensor:
+    """The attention output ``[B, H, Sq, D]`` in q's memory layout: a transposed ``[B, Sq, H, D]`` when q is one (the
+    layout diffusers' attention dispatch passes), so that the caller's ``transpose(1, 2).flatten(2, 3)`` is a view and
+    not a copy of the whole output (as with cuDNN / flash SDPA, whose outputs follow q's layout); else contiguous."""
+    b, h, sq, d = q.shape
+    if h > 1 and q.stride(3) == 1 and q.stride(1) == d and q.stride(2) == h * d:
+        return q.new_empty((b, sq, h, d)).transpose(1, 2)
+    return q.new_empty((b, h, sq, d))
 
 
 def _pv_mode(precision: str, device: torch.device) -> int:
