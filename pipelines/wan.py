@@ -7,8 +7,9 @@ runs self-attention over the video tokens (``attn1``, with RoPE from ``rope``) a
 the text (``attn2``; for I2V the image tokens of ``encoder_hidden_states_image`` enter ``attn2`` through added K/V
 projections). Only ``attn1`` is sparse: the cross-attention keys are a few hundred text / image tokens.
 
-Boundary reorder: forward hooks on ``rope`` (cos and sin, ``[1, N, 1, D]``) and a pre-hook on ``blocks.0``
-(``hidden_states``) permute the video tokens; Wan 2.2 TI2V's per-token time embeddings (``condition_embedder``
+Boundary reorder: forward hooks on ``rope`` (cos and sin, ``[1, N, 1, D]``) and on ``patch_embedding`` (its
+``[B, C, F, H, W]`` output, tokens flattened row-major, so the row-major tensor is freed at once instead of living
+through the first block) permute the video tokens; Wan 2.2 TI2V's per-token time embeddings (``condition_embedder``
 outputs ``temb`` / ``timestep_proj`` of shape ``[B, N, ...]``) move with them; a forward hook on ``proj_out``
 restores row-major order before the unpatchify reshape. Wan 2.2 A14B pipelines carry a second transformer
 (``transformer_2``): the wrapped pipelines put Sparge on both.
@@ -32,7 +33,7 @@ class WanFamily(Family):
     dense_module_suffixes = ("attn2",)
     entry = (
         Boundary("rope", "output", dim=1),
-        Boundary("blocks.0", "input", names=("hidden_states",), dim=1),
+        Boundary("patch_embedding", "output", dim=2, flatten=True),
         Boundary("condition_embedder", "output", items=(0, 1), dim=1, min_ndim=3),
     )
     exit = (Boundary("proj_out"),)
