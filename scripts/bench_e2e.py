@@ -168,7 +168,7 @@ def tiny(family: str, layers: Optional[int]):
 
 
 TINY_MODELS: Dict[str, Callable] = {f"tiny-{f}": (lambda f=f: lambda layers: tiny(f, layers))()
-                                    for f in ("wan", "hunyuan_video", "flux")}
+                                    for f in ("wan", "hunyuan_video", "ltx", "flux")}
 LAYERED = {"wan21-1.3b-480p": lambda layers: wan("1.3b", layers), "wan21-14b-720p": lambda layers: wan("14b", layers),
            "hunyuan-720p-129f": hunyuan_video, **TINY_MODELS}
 BATCH_ONE = ("flux", "wan", "hunyuan", "tiny")
