@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: install the carried wheels and this checkout, then run the named parts, logging under $OUT.
-# Parts: tests (GPU suite), crossover, budget-cost, budget-eval, e2e. Usage: bash scripts/device_run.sh tests budget-eval
+# Parts: tests (GPU suite), crossover, budget-cost, budget-eval, e2e, e2e-compile (E2E_MODELS, one or two per
+# call: each compile takes minutes), overhead (per-call launches / syncs / allocations, eager vs CUDA graph). Usage: bash scripts/device_run.sh tests budget-eval
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -21,6 +22,11 @@ for part in "$@"; do
     e2e) timeout "${E2E_TIMEOUT:-230}" python3 scripts/bench_e2e.py --models wan21-1.3b-480p wan21-14b-720p \
            hunyuan-720p-129f --layers "${LAYERS:-4}" --repeats 2 --settings lse:0.5 eps:0.05 ${E2E_ARGS:-} \
            --out "$OUT/e2e_video" > "$log" 2>&1 ;;
+    e2e-compile) timeout "${E2E_TIMEOUT:-540}" python3 scripts/bench_e2e.py --models ${E2E_MODELS:-wan21-1.3b-480p} \
+           --layers "${LAYERS:-4}" --repeats 2 --settings lse:0.5 --compile --compile-last-only ${E2E_ARGS:-} \
+           --out "$OUT/e2e_compile" > "$log" 2>&1 ;;
+    overhead) timeout "${OVERHEAD_TIMEOUT:-420}" python3 scripts/bench_overhead.py ${OVERHEAD_ARGS:-} \
+           --out "$OUT/overhead_h200.csv" > "$log" 2>&1 ;;
     tests) timeout "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -m gpu $(grep -rl "mark.gpu" tests/) -p no:cacheprovider > "$log" 2>&1 ;;
     crossover) python3 scripts/bench_crossover.py --out "$OUT/crossover_h200.csv" --table "$OUT/sm90.json" \
                  > "$log" 2>&1 ;;
