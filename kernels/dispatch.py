@@ -187,6 +187,9 @@ def sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_thr
             lut, counts = predict.select_blocks_fwd(None, None, None, None, topk=topk, cdf_threshold=None,
                                                     sim_threshold=None, block_logits=prepared.block_logits,
                                                     drop_mass=drop, **common)
+        # the predictor's statistics are spent: free them before the output is allocated (the allocator can reuse
+        # their blocks for it)
+        prepared = prepared._replace(q_means=None, q_sims=None, k_means=None, k_sims=None, block_logits=None)
 
     out = output_like(q)
     kwargs = dict(seq_len_q=sq, seq_len_k=sk, block_m=block_m, block_n=block_n, pv_mode=pv_mode,
