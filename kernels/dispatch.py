@@ -40,13 +40,19 @@ def triton_unavailable_reason(q: torch.Tensor) -> Optional[str]:
     return None
 
 
-@functools.lru_cache(maxsize=1)
-def _kernel_modules():
-    from .block_sparse_attn import kernel as block_sparse_attn
-    from .predict import kernel as predict
-    from .quantize import kernel as quantize
+_MODULES: list = []
 
-    return quantize, predict, block_sparse_attn
+
+def _kernel_modules():
+    # memoized in a list, not functools.lru_cache: torch.compile traces this (through `triton_unavailable_reason`)
+    # and warns about every lru_cache wrapper it meets
+    if not _MODULES:
+        from .block_sparse_attn import kernel as block_sparse_attn
+        from .predict import kernel as predict
+        from .quantize import kernel as quantize
+
+        _MODULES.append((quantize, predict, block_sparse_attn))
+    return _MODULES[0]
 
 
 @functools.lru_cache(maxsize=16)
@@ -79,14 +85,35 @@ def sparge_attention_triton(
         drop_mass: fp32 ``[B, H]`` per-head drop masses for the ``"budget"`` rule (calibrated, or reused from an
             earlier call); None measures them in this call (`budget.budget_drop_mass`).
     Returns:
-        ``out`` ``[B, H, Sq, D]`` contiguous in q's dtype; ``lut`` int32 ``[B, H, NQ, NK]``; ``counts`` int32
-        ``[B, H, NQ]``; ``drop`` fp32 ``[B, H]``: the drop masses used (NaN for rules without one).
+        ``out`` ``[B, H, Sq, D]`` in q's dtype, contiguous or in q's transposed ``[B, Sq, H, D]`` layout
+        (`output_like`); ``lut`` int32 ``[B, H, NQ, NK]``; ``counts`` int32
+        ``[B, H, NQ]``; ``drop`` fp32 ``[B, H]``: the drop masses used (unspecified values for rules without one:
+        allocated, never written, which saves a fill launch per call).
     """
-    flat_ranges = [bound for pair in keep_ranges for bound in pair]
+    if _eager_launch(q, k, v):
+        # eager inference: the launch sequence itself, without the custom op's dispatch round trip (tens of µs a
+        # call); torch.compile and autograd see the op
+        if q.is_cuda and q.device.index != torch.cuda.current_device():
+            with torch.cuda.device(q.device):
+                return sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_threshold,
+                                               pv_threshold, precision, _flat(keep_ranges), predictor, drop_mass)
+        return sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_threshold, pv_threshold,
+                                       precision, _flat(keep_ranges), predictor, drop_mass)
     return torch.ops.sparge_diffusers.sparge_attention(
         q, k, v, scale, block_m, block_n, selection.rule, selection.value, sim_threshold, pv_threshold, precision,
-        flat_ranges, predictor, drop_mass,
+        _flat(keep_ranges), predictor, drop_mass,
     )
+
+
+def _eager_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """True when the op can be skipped: not traced by torch.compile and no input needs a gradient."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+
+
+def _flat(keep_ranges: Sequence[Tuple[int, int]]) -> List[int]:
+    return [bound for pair in keep_ranges for bound in pair]
 
 
 @torch.library.custom_op("sparge_diffusers::sparge_attention", mutates_args=())
@@ -115,6 +142,8 @@ def _sparge_attention_op(
 def sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_threshold, pv_threshold, precision,
                             keep_ranges, predictor, drop_mass=None):
     """The launch sequence behind the custom op (callable directly, e.g. under ``TRITON_INTERPRET=1``).
+
+    ``keep_ranges`` is flat (``[start0, end0, start1, end1, ...]``), as the op takes it.
 
     Selection follows `reference.naive_sparge_attention` through the same `selection.Selection`. Both predictors run
     in Triton: ``"sparge"`` as pooled scores + `predict.select_blocks_fwd`, ``"lse"`` as the block log-masses of
@@ -158,8 +187,11 @@ def sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_thr
             lut, counts = predict.select_blocks_fwd(None, None, None, None, topk=topk, cdf_threshold=None,
                                                     sim_threshold=None, block_logits=prepared.block_logits,
                                                     drop_mass=drop, **common)
+        # the predictor's statistics are spent: free them before the output is allocated (the allocator can reuse
+        # their blocks for it)
+        prepared = prepared._replace(q_means=None, q_sims=None, k_means=None, k_sims=None, block_logits=None)
 
-    out = torch.empty((b, h, sq, d), dtype=q.dtype, device=q.device)
+    out = output_like(q)
     kwargs = dict(seq_len_q=sq, seq_len_k=sk, block_m=block_m, block_n=block_n, pv_mode=pv_mode,
                   softmax_scale=scale, pv_threshold=pv_threshold)
     if not quantized:
@@ -176,7 +208,8 @@ def sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_thr
 
 
 def _no_drop(b: int, h: int, device) -> torch.Tensor:
-    return torch.full((b, h), float("nan"), dtype=torch.float32, device=device)
+    # an op output of fixed shape that nobody reads for rules without a drop mass: no fill kernel
+    return torch.empty((b, h), dtype=torch.float32, device=device)
 
 
 def _budget(q, k, v, prepared, predictor, target_error, scale, ranges, sim_threshold, block_m, block_n):
@@ -204,9 +237,19 @@ def _sparge_attention_fake(q, k, v, scale, block_m, block_n, rule, rule_value, s
                            precision, keep_ranges, predictor, drop_mass):
     b, h, sq, d = q.shape
     nq, nk = num_blocks(sq, block_m), num_blocks(k.shape[2], block_n)
-    out = q.new_empty((b, h, sq, d))
+    out = output_like(q)
     return (out, q.new_empty((b, h, nq, nk), dtype=torch.int32), q.new_empty((b, h, nq), dtype=torch.int32),
             q.new_empty((b, h), dtype=torch.float32))
+
+
+def output_like(q: torch.Tensor) -> torch.Tensor:
+    """The attention output ``[B, H, Sq, D]`` in q's memory layout: a transposed ``[B, Sq, H, D]`` when q is one (the
+    layout diffusers' attention dispatch passes), so that the caller's ``transpose(1, 2).flatten(2, 3)`` is a view and
+    not a copy of the whole output (as with cuDNN / flash SDPA, whose outputs follow q's layout); else contiguous."""
+    b, h, sq, d = q.shape
+    if h > 1 and q.stride(3) == 1 and q.stride(1) == d and q.stride(2) == h * d:
+        return q.new_empty((b, sq, h, d)).transpose(1, 2)
+    return q.new_empty((b, h, sq, d))
 
 
 def _pv_mode(precision: str, device: torch.device) -> int:

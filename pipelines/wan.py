@@ -7,8 +7,9 @@ runs self-attention over the video tokens (``attn1``, with RoPE from ``rope``) a
 the text (``attn2``; for I2V the image tokens of ``encoder_hidden_states_image`` enter ``attn2`` through added K/V
 projections). Only ``attn1`` is sparse: the cross-attention keys are a few hundred text / image tokens.
 
-Boundary reorder: forward hooks on ``rope`` (cos and sin, ``[1, N, 1, D]``) and a pre-hook on ``blocks.0``
-(``hidden_states``) permute the video tokens; Wan 2.2 TI2V's per-token timesteps (the transformer's ``timestep``
+Boundary reorder: forward hooks on ``rope`` (cos and sin, ``[1, N, 1, D]``) and on ``patch_embedding`` (its
+``[B, C, F, H, W]`` output, tokens flattened row-major, so the row-major tensor is freed at once instead of living
+through the first block) permute the video tokens; Wan 2.2 TI2V's per-token timesteps (the transformer's ``timestep``
 argument, ``[B, N]``; the time embedding is token-wise, so its ``temb`` / ``timestep_proj`` follow) move with them;
 a forward hook on ``proj_out`` restores row-major order before the unpatchify reshape.
 
@@ -16,8 +17,9 @@ Context parallelism (`sparge_diffusers.parallel`): diffusers' ``WanTransformer3D
 embeddings at the output of ``rope``, before Sparge's forward hook there could put them in curve order. The Sparge
 plan (`WanFamily.context_parallel_plan`) is the same plan with that one split moved to the ``rotary_emb`` argument
 of every block (a view of the full, permuted embeddings: no copy); the hidden states are split at ``blocks.0``'s
-input after Sparge's pre-hook, the TI2V timestep at the transformer's input after the geometry hook, and the output
-is gathered at ``proj_out`` before Sparge restores row-major order. Wan 2.2 A14B pipelines carry a second transformer
+input, after Sparge has permuted them at ``patch_embedding``'s output, the TI2V timestep at the transformer's input
+after the geometry hook, and the output is gathered at ``proj_out`` before Sparge restores row-major order. Wan 2.2
+A14B pipelines carry a second transformer
 (``transformer_2``): the wrapped pipelines put Sparge on both.
 """
 
@@ -39,7 +41,7 @@ class WanFamily(Family):
     dense_module_suffixes = ("attn2",)
     entry = (
         Boundary("rope", "output", dim=1),
-        Boundary("blocks.0", "input", names=("hidden_states",), dim=1),
+        Boundary("patch_embedding", "output", dim=2, flatten=True),
         Boundary("", "input", names=("timestep",), dim=1, min_ndim=2),  # Wan 2.2 TI2V: [B, N]
     )
     exit = (Boundary("proj_out"),)

@@ -4,9 +4,11 @@ Builds the real transformer configs of CogVideoX-2b, CogVideoX-5b, Mochi-1, Flux
 frames: 32,760 tokens), Wan 2.1 14B (720p, 81 frames: 75,600 tokens) and HunyuanVideo (720p, 129 frames: 118,800
 tokens) with random weights in bf16 on one GPU (no weights needed) and feeds one denoising step at that resolution
 (CogVideoX / Mochi: CFG batch 2; Wan runs its two CFG forwards separately and HunyuanVideo and Flux.1-dev are
-guidance-distilled: batch 1). It reports step time, speed-up over stock, peak memory (and its ratio to stock), the
+guidance-distilled: batch 1). It reports step time, speed-up over stock, peak memory (and its ratio to stock; on the
+CPU, ``--tiny``, the eager peak of the tensors made during the forward plus the weights, `LiveBytes`), the
 share of the step spent in attention and in the Hilbert reordering, and the measured sparsity, eager and, with
-``--compile``, under ``torch.compile`` of the transformer (compile time = first call minus a steady call).
+``--compile``, under ``torch.compile`` of the transformer (compile time = first call minus a steady call; graph breaks
+counted by dynamo, ``graph_breaks``, should be 0).
 
 ``--layers N`` builds the models with N transformer blocks (HunyuanVideo: a third double-stream, the rest
 single-stream) so that the large configs fit the time budget; the ``scaled_step_ms`` column is the measured time
@@ -37,7 +39,8 @@ from sparge_diffusers.kernels.reference import cosine_similarity, relative_l1
 
 FIELDS = ["gpu", "torch", "triton", "diffusers", "model", "layers", "full_layers", "batch", "tokens", "mode",
           "setting", "step_ms", "scaled_step_ms", "speedup", "compile_s", "peak_gib", "peak_vs_stock",
-          "attention_share", "reorder_share", "sparsity", "rel_l1_vs_stock", "cosine_vs_stock", "note"]
+          "attention_share", "reorder_share", "sparsity", "rel_l1_vs_stock", "cosine_vs_stock", "graph_breaks",
+          "note"]
 DEVICE = "cuda"
 
 
@@ -168,7 +171,7 @@ def tiny(family: str, layers: Optional[int]):
 
 
 TINY_MODELS: Dict[str, Callable] = {f"tiny-{f}": (lambda f=f: lambda layers: tiny(f, layers))()
-                                    for f in ("wan", "hunyuan_video", "flux")}
+                                    for f in ("wan", "hunyuan_video", "ltx", "flux")}
 LAYERED = {"wan21-1.3b-480p": lambda layers: wan("1.3b", layers), "wan21-14b-720p": lambda layers: wan("14b", layers),
            "hunyuan-720p-129f": hunyuan_video, **TINY_MODELS}
 BATCH_ONE = ("flux", "wan", "hunyuan", "tiny")
@@ -212,6 +215,21 @@ def _reset_peak() -> None:
 
 def _peak() -> int:
     return torch.cuda.max_memory_allocated() if DEVICE == "cuda" else 0
+
+
+def peak_call(model, kwargs):
+    """One forward and its peak memory: ``max_memory_allocated`` on a GPU (weights included); on the CPU the peak of
+    the tensors made during the forward (`LiveBytes`, eager only)."""
+    if DEVICE == "cuda":
+        _reset_peak()
+        out = model(**kwargs, return_dict=False)[0].float()
+        return out, _peak()
+    from sparge_diffusers.live_memory import LiveBytes
+
+    with LiveBytes() as tracker:
+        out = model(**kwargs, return_dict=False)[0].float()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return out, tracker.peak + weights
 
 
 def build(name: str, layers: Optional[int]):
@@ -265,17 +283,13 @@ def run_model(name: str, args, rows: List[Dict], meta: Dict):
 
     with torch.no_grad():
         model(**kwargs, return_dict=False)
-        _reset_peak()
-        stock_out = model(**kwargs, return_dict=False)[0].float()
-        stock_peak["eager"] = _peak()
+        stock_out, stock_peak["eager"] = peak_call(model, kwargs)
         stock_ms = step_time(model, kwargs, args.repeats)
         add("eager", "stock", stock_ms, stock_peak["eager"])
         for label, config in settings:
             apply_sparge(model, config)
             model(**kwargs, return_dict=False)
-            _reset_peak()
-            out = model(**kwargs, return_dict=False)[0].float()
-            peak = _peak()
+            out, peak = peak_call(model, kwargs)
             ms = step_time(model, kwargs, args.repeats)
             remove_sparge(model)
             apply_sparge(model, config, collect_stats=True)
@@ -300,26 +314,30 @@ def run_model(name: str, args, rows: List[Dict], meta: Dict):
 
 def compiled_runs(name, model, kwargs, settings, args, add, stock_out, stock_peak) -> None:
     """Stock and Sparge under ``torch.compile`` of the transformer (fresh compile each; compile time reported)."""
+    from torch._dynamo.utils import counters
+
     def compile_and_time(label):
         torch._dynamo.reset()
+        counters.clear()
         compiled = torch.compile(model, backend=args.compile_backend)
         first = timed_call(compiled, kwargs)
+        breaks = sum(counters["graph_break"].values())
         _reset_peak()
         out = compiled(**kwargs, return_dict=False)[0].float()
-        peak = _peak()
+        peak = _peak()  # 0 on the CPU: compiled code is not measured there
         ms = step_time(compiled, kwargs, args.repeats)
-        return out, ms, peak, max(0.0, (first - ms) / 1e3)
+        return out, ms, peak, max(0.0, (first - ms) / 1e3), breaks
 
-    _, stock_ms, peak, compile_s = compile_and_time("stock")
+    _, stock_ms, peak, compile_s, breaks = compile_and_time("stock")
     stock_peak["compiled"] = peak
-    add("compiled", "stock", stock_ms, peak, compile_s=round(compile_s, 1))
+    add("compiled", "stock", stock_ms, peak, compile_s=round(compile_s, 1), graph_breaks=breaks)
     for label, config in settings:
         apply_sparge(model, config)
-        out, ms, peak, compile_s = compile_and_time(label)
+        out, ms, peak, compile_s, breaks = compile_and_time(label)
         remove_sparge(model)
         add("compiled", label, ms, peak, stock_ms, compile_s=round(compile_s, 1),
             rel_l1_vs_stock=round(relative_l1(out, stock_out), 5),
-            cosine_vs_stock=round(cosine_similarity(out, stock_out), 6))
+            cosine_vs_stock=round(cosine_similarity(out, stock_out), 6), graph_breaks=breaks)
     torch._dynamo.reset()
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One device call: install the carried wheels and this checkout, then run the named parts, logging under $OUT.
-# Parts: map-reuse, tests (GPU suite; in TEST_WORKERS processes when pytest-xdist is among the wheels), crossover, budget-cost, budget-eval, e2e. Usage: bash scripts/device_run.sh tests budget-eval
+# Parts: tests (GPU suite; in TEST_WORKERS processes when pytest-xdist is among the wheels), crossover, budget-cost,
+# budget-eval, e2e, e2e-compile (E2E_MODELS, one or two per call: each compile takes minutes), overhead (per-call
+# launches / syncs / allocations, eager vs CUDA graph), map-reuse. Usage: bash scripts/device_run.sh tests budget-eval
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -26,6 +28,11 @@ for part in "$@"; do
     tests) workers=""; python3 -c "import xdist" 2>/dev/null && workers="-n ${TEST_WORKERS:-6}"
            timeout "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -m gpu $workers $(grep -rl "mark.gpu" tests/) \
              -p no:cacheprovider > "$log" 2>&1 ;;
+    e2e-compile) timeout "${E2E_TIMEOUT:-540}" python3 scripts/bench_e2e.py --models ${E2E_MODELS:-wan21-1.3b-480p} \
+           --layers "${LAYERS:-4}" --repeats 2 --settings lse:0.5 --compile --compile-last-only ${E2E_ARGS:-} \
+           --out "$OUT/e2e_compile" > "$log" 2>&1 ;;
+    overhead) timeout "${OVERHEAD_TIMEOUT:-420}" python3 scripts/bench_overhead.py ${OVERHEAD_ARGS:-} \
+           --out "$OUT/overhead_h200.csv" > "$log" 2>&1 ;;
     crossover) python3 scripts/bench_crossover.py --out "$OUT/crossover_h200.csv" --table "$OUT/sm90.json" \
                  > "$log" 2>&1 ;;
     budget-cost) python3 scripts/bench_budget.py --out "$OUT/budget_cost_h200.csv" > "$log" 2>&1 ;;

@@ -20,6 +20,7 @@ from ._logging import log_once
 from .block_map import BlockMap, block_mask_from_lut
 from .budget_guard import BudgetGuard
 from .config import PRECISION_ERROR_FLOOR, SpargeConfig, _check_ranges
+from .finite import FiniteCheck, raise_if_not_finite, skip_check
 from .speed_rule import measuring_budget_loses, should_go_dense
 from .kernels import reference
 
@@ -63,6 +64,7 @@ def sparge_attn(
     keep_ranges: Optional[Sequence[Tuple[int, int]]] = None,
     layer: Optional[int] = None,
     guard: Optional[BudgetGuard] = None,
+    finite_check: Optional[FiniteCheck] = None,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, SpargeStats]]:
     """Sparse + quantized attention (SpargeAttn, arXiv 2502.18137), a drop-in for softmax attention.
 
@@ -80,11 +82,14 @@ def sparge_attn(
         guard: per-layer state of the error budget across calls (`BudgetGuard`): its drop masses are reused for a
             few calls and measured again when they are due. Without one (and without a calibration) every call
             with ``target_error`` measures its drop masses on sampled exact rows (about 1% of the attention work).
+        finite_check: with ``config.check_finite``, where the NaN / inf check of q, k and v goes: None checks now
+            (one host synchronization per call); a `FiniteCheck` queues it on the device, and its owner reads it
+            later (`sparge_diffusers.finite`; the diffusers integration reads it once per transformer forward).
     Returns:
         the attention output shaped and typed like ``q``, and the stats when asked.
     Raises:
         ValueError: on mismatched shapes, devices or dtypes, an empty head dim, an unknown layout, NaN/inf inputs
-            (``config.check_finite``), or a non-positive scale.
+            (``config.check_finite`` without a ``finite_check``), or a non-positive scale.
     """
     config = SpargeConfig() if config is None else config
     if not isinstance(config, SpargeConfig):
@@ -107,6 +112,12 @@ def sparge_attn(
                      "more than it saves below the measured length on this GPU; using dense attention (pass a "
                      "BudgetGuard, use apply_sparge, or give a calibration)", level=logging.INFO)
             backend = "dense"
+    if backend != "dense" and config.check_finite and not skip_check():
+        # the quantized path can turn a NaN into finite garbage; dense SDPA propagates it, so it is not checked
+        if finite_check is None:
+            raise_if_not_finite(q, k, v)
+        else:
+            finite_check.add(layer, q, k, v)
     if backend == "dense":
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
         stats = SpargeStats(torch.zeros(q.shape[:2], device=q.device), None, "dense") if return_stats else None
@@ -204,10 +215,6 @@ def _check_inputs(q, k, v, config: SpargeConfig) -> None:
         raise ValueError(
             f"batch, heads and sequence lengths must be >= 1, got q {tuple(q.shape)} and k {tuple(k.shape)}"
         )
-    if config.check_finite and not torch.compiler.is_compiling():
-        for name, x in (("q", q), ("k", k), ("v", v)):
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError(f"{name} contains NaN or inf; sparge_attn needs finite inputs")
 
 
 def _check_scale(scale, head_dim: int) -> float:
@@ -237,14 +244,35 @@ def _choose_backend(q: torch.Tensor, k: torch.Tensor, config: SpargeConfig) -> s
         return "dense"
     if config.is_dense and config.precision == "bf16":
         return "dense"
-    if q.is_cuda and should_go_dense(q, k, config):
-        return "dense"
     if q.is_cuda:
-        from .kernels.dispatch import triton_unavailable_reason
-
-        reason = triton_unavailable_reason(q)
-        if reason is None:
-            return "triton"
-        log_once(logger, f"triton:{reason}", "sparge_attn: Triton kernels unavailable (%s); using the PyTorch "
-                 "reference path, which is correct but slow", reason)
+        choice, reason = _cuda_backend(q, k, config)
+        if reason is not None:
+            log_once(logger, f"triton:{reason}", "sparge_attn: Triton kernels unavailable (%s); using the PyTorch "
+                     "reference path, which is correct but slow", reason)
+        return choice
     return "reference"
+
+
+# (device, head dim, key length, selection, speed rule) -> (backend, reason the Triton path is unavailable)
+_CUDA_BACKENDS: dict = {}
+
+
+def _cuda_backend(q: torch.Tensor, k: torch.Tensor, config: SpargeConfig) -> Tuple[str, Optional[str]]:
+    """The speed rule and the Triton check of a CUDA call, memoized per geometry in eager mode (they read the device
+    capability and the crossover table: about 10-20 µs of Python a call)."""
+    compiling = torch.compiler.is_compiling()
+    key = (q.device, q.shape[-1], k.shape[-2], config.selection, config.speed_rule)
+    if not compiling and key in _CUDA_BACKENDS:
+        return _CUDA_BACKENDS[key]
+    from .kernels.dispatch import triton_unavailable_reason
+
+    if should_go_dense(q, k, config):
+        result = ("dense", None)
+    else:
+        reason = triton_unavailable_reason(q)
+        result = ("triton", None) if reason is None else ("reference", reason)
+    if not compiling:
+        if len(_CUDA_BACKENDS) >= 4096:
+            _CUDA_BACKENDS.clear()
+        _CUDA_BACKENDS[key] = result
+    return result

@@ -91,7 +91,11 @@ class SpargeConfig:
             attention (``"dense"``). Head dims above 128 always use dense attention.
         dense_steps: the first N denoising steps use dense attention (integration only).
         dense_layers: indices of attention layers that always use dense attention (integration only).
-        check_finite: raise ValueError on NaN/inf inputs (one device sync per call; skipped under torch.compile).
+        check_finite: raise ValueError on NaN/inf in q, k or v of a sparse call (the quantized path could turn a
+            NaN into finite output; dense calls propagate it and are not checked). The check stays on the device
+            (`sparge_diffusers.finite`): `sparge_attn` alone reads it at once (one host sync per call), the
+            diffusers integration once at the end of each transformer forward. Skipped under torch.compile and
+            CUDA-graph capture.
         speed_rule: ``"auto"``: CUDA calls where the measured crossover says the sparse path cannot beat cuDNN SDPA
             (short sequences, low top-k sparsity, padded head dims) use dense SDPA (`sparge_diffusers.speed_rule`);
             ``"sparse"``: always the sparse path.

@@ -17,6 +17,7 @@ import torch
 
 from .budget_guard import BudgetGuard
 from .config import SpargeConfig
+from .finite import FiniteCheck
 from .geometry import ForwardGeometry, SpargeGeometry
 
 REORDER_AT = ("boundary", "layer")
@@ -55,6 +56,7 @@ class SpargeContext:
         self.mask_cache: dict = {}
         self.calibration_recorder = None  # a `CalibrationRecorder` while `sparge-diffusers calibrate` runs
         self.pair_masks = False  # the family's masks are pair masks m[i, j] = valid[i] & valid[j] (HunyuanVideo 1.5)
+        self.finite = FiniteCheck()  # the deferred NaN / inf check of this forward's calls (`end_forward` reads it)
         self._last_timestep: Optional[float] = None
 
     @property
@@ -86,6 +88,15 @@ class SpargeContext:
         cur.dense_step = cur.step < self.config.dense_steps
         cur.permutation = None
         cur.entry_permutation = None
+        self.finite.reset()  # what a forward that raised left behind
+
+    def end_forward(self) -> None:
+        """Called by the transformer's forward hook: reads the deferred finite check of this forward (one host
+        synchronization when it queued anything; nothing while ``torch.compile`` traces)."""
+        if torch.compiler.is_compiling() or not len(self.finite):
+            return
+        cur = self.current
+        self.finite.raise_if_set(f"forward {cur.forward_index}, step {cur.step}")
 
     def _advance_step(self, timestep) -> None:
         cur = self.current

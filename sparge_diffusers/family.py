@@ -107,6 +107,12 @@ class Boundary:
         dim: the token dimension.
         min_ndim: tensors with fewer dims are left alone (Wan 2.2 TI2V: the time embedding is per token,
             ``[B, N, C]``, only when the timestep is).
+        flatten: the tokens are ``dim`` and every dim after it, row-major (a patch convolution's output
+            ``[B, C, F, H, W]``): flattened for the permutation, the result has the input's shape.
+
+    Where to permute: at the output of the module that makes the token tensor (patch embedding, input projection),
+    so the row-major tensor dies there; a pre-hook on the first block would keep it alive in the transformer's frame
+    during that block (one extra hidden-state tensor at the step's peak).
     """
 
     module: str
@@ -115,17 +121,22 @@ class Boundary:
     items: Optional[Tuple[int, ...]] = None
     dim: int = 1
     min_ndim: int = 0
+    flatten: bool = False
 
 
-def _permute_tree(value, perm, dim: int, revert: bool, min_ndim: int = 0):
+def _permute_tree(value, perm, dim: int, revert: bool, min_ndim: int = 0, flatten: bool = False):
     if value is None:
         return None
     if isinstance(value, torch.Tensor):
         if value.ndim < min_ndim:
             return value
+        if flatten and value.ndim > dim + 1:
+            flat = value.flatten(dim)  # [..., N]
+            moved = perm.revert(flat, dim=dim) if revert else perm.apply(flat, dim=dim)
+            return moved.view(value.shape)
         return perm.revert(value, dim=dim) if revert else perm.apply(value, dim=dim)
     if isinstance(value, (list, tuple)):
-        return type(value)(_permute_tree(v, perm, dim, revert, min_ndim) for v in value)
+        return type(value)(_permute_tree(v, perm, dim, revert, min_ndim, flatten) for v in value)
     return value
 
 
@@ -260,8 +271,12 @@ class Family:
             family.on_forward(module, context, bound)
             return bound.result()
 
+        def finish_hook(module, args, output):
+            context.end_forward()
+
         handles = [transformer.register_forward_pre_hook(geometry_hook, with_kwargs=True)]
         handles += self.install_boundary_hooks(transformer, context)
+        handles.append(transformer.register_forward_hook(finish_hook))
         return handles
 
     def install_boundary_hooks(self, transformer, context: SpargeContext) -> List[Any]:
@@ -292,9 +307,9 @@ def _boundary_hook(module, point: Boundary, context: SpargeContext, revert: bool
             if perm is None:
                 return None
             if isinstance(output, tuple) and point.items is not None:
-                return tuple(_permute_tree(o, perm, point.dim, revert, point.min_ndim) if i in point.items else o
-                             for i, o in enumerate(output))
-            return _permute_tree(output, perm, point.dim, revert, point.min_ndim)
+                return tuple(_permute_tree(o, perm, point.dim, revert, point.min_ndim, point.flatten)
+                             if i in point.items else o for i, o in enumerate(output))
+            return _permute_tree(output, perm, point.dim, revert, point.min_ndim, point.flatten)
 
         return module.register_forward_hook(hook)
 
@@ -306,7 +321,7 @@ def _boundary_hook(module, point: Boundary, context: SpargeContext, revert: bool
         for name in point.names:
             value = bound.get(name)
             if value is not None:
-                bound.set(name, _permute_tree(value, perm, point.dim, revert, point.min_ndim))
+                bound.set(name, _permute_tree(value, perm, point.dim, revert, point.min_ndim, point.flatten))
         return bound.result()
 
     return module.register_forward_pre_hook(pre_hook, with_kwargs=True)

@@ -89,7 +89,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer: LayerCal
     want_stats = context.collecting() or recorder is not None
     result = sparge_attn(q, k, v, config=context.config, layout=layout, keep_ranges=keep_ranges, scale=scale,
                          return_stats=want_stats, layer=layer.index,
-                         guard=None if recorder is not None else layer.guard)
+                         guard=None if recorder is not None else layer.guard, finite_check=context.finite)
     out, stats = result if want_stats else (result, None)
     if recorder is not None and stats is not None and stats.drop_mass is not None:
         recorder.add(layer.index, stats.drop_mass)

@@ -35,14 +35,21 @@ SPEED_RULES = ("auto", "sparse")
 _TABLE_DIR = os.path.join(os.path.dirname(__file__), "crossover")
 
 
-@functools.lru_cache(maxsize=8)
+# memoized in dicts, not functools.lru_cache: torch.compile traces the speed rule and warns about lru_cache wrappers
+_MEASUREMENTS: Dict[str, Optional[dict]] = {}
+_TABLES: Dict[str, Optional[Dict[int, List[Tuple[int, Optional[float]]]]]] = {}
+
+
 def _measurements(capability: str) -> Optional[dict]:
     """The committed measurement file of a GPU class (``crossover/<capability>.json``), or None."""
-    path = os.path.join(_TABLE_DIR, f"{capability}.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as handle:
-        return json.load(handle)
+    if capability not in _MEASUREMENTS:
+        path = os.path.join(_TABLE_DIR, f"{capability}.json")
+        data = None
+        if os.path.exists(path):
+            with open(path) as handle:
+                data = json.load(handle)
+        _MEASUREMENTS[capability] = data
+    return _MEASUREMENTS[capability]
 
 
 def _capability_for(device: torch.device) -> str:
@@ -56,15 +63,15 @@ def _capability_for(device: torch.device) -> str:
     return capability
 
 
-@functools.lru_cache(maxsize=8)
 def crossover_table(capability: str) -> Optional[Dict[int, List[Tuple[int, Optional[float]]]]]:
     """``{head_dim: [(seq_len, least winning sparsity or None), ...]}`` measured on a GPU class (``"sm90"``), or None
     when no table was measured for it."""
-    data = _measurements(capability)
-    if data is None:
-        return None
-    return {int(d): sorted((int(s), None if w is None else float(w)) for s, w in entries)
+    if capability not in _TABLES:
+        data = _measurements(capability)
+        _TABLES[capability] = None if data is None else {
+            int(d): sorted((int(s), None if w is None else float(w)) for s, w in entries)
             for d, entries in data["min_sparsity"].items()}
+    return _TABLES[capability]
 
 
 def _measured_budget_min_len(capability: str) -> Optional[int]:

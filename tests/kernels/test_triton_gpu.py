@@ -204,3 +204,40 @@ def test_budget_holds_through_the_fused_call(geometry, predictor):
         assert selection_error <= 1.2 * eps, (eps, selection_error)
         total = ref.relative_l1(out, ref.naive_attention(q, k, v))
         assert total <= 1.2 * eps + ORACLE_RELL1["int8-fp16"], (eps, total)
+
+
+def test_eager_call_has_no_host_sync_with_a_deferred_finite_check():
+    """The eager hot path (lse top-k, default check_finite queued on a FiniteCheck) never synchronizes the host;
+    the check is read once afterwards and finds a NaN."""
+    from sparge_diffusers.finite import FiniteCheck
+
+    q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in qkv(1, 4, 4608, 128))  # BSHD memory
+    config = SpargeConfig(topk=0.5, sim_threshold=None, speed_rule="sparse")
+    check = FiniteCheck()
+    sparge_attn(q, k, v, config=config, keep_ranges=[(0, 512)], finite_check=check)  # warm the per-shape caches
+    check.reset()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = sparge_attn(q, k, v, config=config, keep_ranges=[(0, 512)], finite_check=check)
+        bad = q.clone()
+        bad[0, 1, 7, 3] = float("nan")
+        sparge_attn(bad, k, v, config=config, keep_ranges=[(0, 512)], finite_check=check, layer=5)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.transpose(1, 2).is_contiguous()  # the output follows q's [B, S, H, D] memory: no copy to flatten
+    with pytest.raises(ValueError, match="q of attention layer 5"):
+        check.raise_if_set("test")
+
+
+def test_eager_launch_equals_the_custom_op():
+    """Eager calls skip the op's dispatch; the op (as torch.compile and autograd see it) computes the same."""
+    q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in qkv(2, 3, 3000, 64))
+    args = (q, k, v, 0.125, 128, 64, "topk", 0.5, None, None, "int8-fp8", [0, 100], "lse", None)
+    eager = dispatch.sparge_attention_triton(
+        q, k, v, scale=0.125, block_m=128, block_n=64, selection=Selection("topk", 0.5), sim_threshold=None,
+        pv_threshold=None, precision="int8-fp8", keep_ranges=[(0, 100)], predictor="lse")
+    op = torch.ops.sparge_diffusers.sparge_attention(*args)
+    for a, b in zip(eager[:3], op[:3]):
+        assert a.stride() == b.stride()
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -350,3 +350,21 @@ def test_lse_block_logits_launch_settings_match_reference(gen, launch):
                                           block_n=64, **launch)
     expected = naive_lse_block_logits(q, k, block_m=32, block_n=64, scale=scale)
     torch.testing.assert_close(logits, expected, rtol=2e-3, atol=2e-3)
+
+
+def test_output_follows_the_transposed_bshd_layout_of_q(gen):
+    """Views of [B, S, H, D] (diffusers' dispatch layout) get an output in that layout, so the caller's
+    transpose(1, 2).flatten(2, 3) needs no copy; the values equal those of contiguous inputs."""
+    bshd = [torch.randn(1, 200, 3, 64, generator=gen).half() for _ in range(3)]
+    views = [x.transpose(1, 2) for x in bshd]
+    rule = Selection("topk", 0.5)
+    out, lut, counts, _ = dispatch.sparge_attention_launch(*views, 0.125, 64, 64, rule, None, None, "int8-fp16",
+                                                           [0, 20], "lse")
+    assert out.transpose(1, 2).is_contiguous() and out.shape == views[0].shape
+    dense, lut_c, counts_c, _ = dispatch.sparge_attention_launch(*(x.contiguous() for x in views), 0.125, 64, 64,
+                                                                 rule, None, None, "int8-fp16", [0, 20], "lse")
+    assert dense.is_contiguous()
+    assert torch.equal(block_mask_from_lut(lut, counts), block_mask_from_lut(lut_c, counts_c))
+    torch.testing.assert_close(out, dense, rtol=0, atol=0)
+    fake = dispatch.output_like(views[0])
+    assert fake.stride() == out.stride()  # the op's fake implementation declares the same strides

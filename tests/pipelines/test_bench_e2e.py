@@ -4,6 +4,8 @@ import csv
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 
 def test_bench_e2e_tiny(tmp_path):
     path = Path(__file__).resolve().parents[2] / "scripts" / "bench_e2e.py"
@@ -19,3 +21,25 @@ def test_bench_e2e_tiny(tmp_path):
     assert float(rows[1]["rel_l1_vs_stock"]) < 1e-3  # topk = 1: the fp32 reference path, rounding only
     assert float(rows[2]["sparsity"]) > 0.3
     assert (tmp_path / "e2e.md").read_text().count("tiny-wan") == 3
+
+
+@pytest.mark.slow  # 24 s on the shared 2-core machine: two torch.compile runs (eager backend)
+def test_bench_e2e_tiny_compile_reports_compile_time_breaks_and_peak(tmp_path):
+    """--tiny --compile: eager and compiled, stock and Sparge in one run, with compile time, graph breaks (0) and
+    the eager peak memory against stock (CPU: LiveBytes)."""
+    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_e2e.py"
+    spec = importlib.util.spec_from_file_location("bench_e2e", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "e2e"
+    assert bench.main(["--tiny", "--compile", "--compile-last-only", "--models", "tiny-ltx", "--repeats", "1",
+                       "--settings", "lse:0.5", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(f"{out}.csv")))
+    assert [(r["mode"], r["setting"]) for r in rows] == [
+        ("eager", "stock"), ("eager", "topk=1 (exactness)"), ("eager", "lse topk=0.5 hilbert"),
+        ("compiled", "stock"), ("compiled", "lse topk=0.5 hilbert")]
+    compiled = rows[3:]
+    assert all(r["compile_s"] != "" and r["graph_breaks"] == "0" for r in compiled)
+    assert all(float(r["peak_gib"]) > 0 and 0.5 < float(r["peak_vs_stock"]) < 2.0 for r in rows[1:3])
+    # the compiled Sparge model computes what the eager one does
+    assert abs(float(compiled[1]["rel_l1_vs_stock"]) - float(rows[2]["rel_l1_vs_stock"])) < 1e-3
