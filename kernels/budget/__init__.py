@@ -57,8 +57,7 @@ def _device_reason(device: torch.device) -> Optional[str]:
 def budget_drop_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probs: torch.Tensor, *, target_error: float,
                      block_m: int, block_n: int, scale: float, forced_rows: torch.Tensor, forced_cols: torch.Tensor,
                      rows: int = GUARD_ROWS, margin: float = GUARD_MARGIN, implementation: str = "auto",
-                     low_precision: Optional[bool] = None, partials_dtype: torch.dtype = torch.float32
-                     ) -> torch.Tensor:
+                     low_precision: Optional[bool] = None, **triton_options) -> torch.Tensor:
     """Per-(batch, head) drop mass δ meeting the error budget ε on sampled exact rows (`naive` module docstring).
 
     Args:
@@ -69,7 +68,9 @@ def budget_drop_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probs: t
         implementation: ``"auto"`` (Triton for CUDA tensors it supports, else naive), ``"triton"``
             (`kernel.budget_drop_mass_fwd`; any device, e.g. the CPU under ``TRITON_INTERPRET=1``) or ``"naive"``
             (`naive.naive_budget_drop_mass`).
-        low_precision: naive path only (`naive.naive_row_partials`). partials_dtype: Triton path only.
+        low_precision: naive path only (`naive.naive_row_partials`).
+        triton_options: Triton path only (`kernel.budget_drop_mass_fwd`: ``partials_dtype``, ``block_r``,
+            ``max_partials_bytes``).
     Returns:
         fp32 ``[B, H]`` drop masses (`KEEP_ALL` where no δ meets the budget).
     """
@@ -77,6 +78,8 @@ def budget_drop_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probs: t
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     common = dict(target_error=target_error, block_m=block_m, block_n=block_n, scale=scale, forced_rows=forced_rows,
                   forced_cols=forced_cols, rows=rows, margin=margin)
+    if implementation == "naive" and triton_options:
+        raise ValueError(f"{sorted(triton_options)} apply to implementation='triton' only")
     if implementation == "auto":
         reason = _device_reason(q.device) or triton_budget_unsupported(q, k, v, block_n)
         if reason is not None and q.is_cuda:
@@ -89,7 +92,7 @@ def budget_drop_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probs: t
         raise ValueError(f"implementation='triton': {reason}")
     from .kernel import budget_drop_mass_fwd
 
-    return budget_drop_mass_fwd(q, k, v, probs, partials_dtype=partials_dtype, **common)
+    return budget_drop_mass_fwd(q, k, v, probs, **common, **triton_options)
 
 
 __all__ = list(_naive_all) + ["IMPLEMENTATIONS", "budget_drop_mass", "triton_budget_unsupported"]

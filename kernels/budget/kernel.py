@@ -199,8 +199,8 @@ def _budget_choose_fwd_kernel(
     errors = err / tl.maximum(tl.sum(norm, 0), 1e-30)
     tl.store(ERRORS + g * C + offs_c, errors, mask=c_valid)
     # the largest δ whose error and that of every smaller δ is within the target: just after the last failure
-    bad = (errors <= target) == 0
-    first = tl.max(tl.where(bad & c_valid, offs_c + 1, 0), 0)
+    ok = errors <= target  # NaN is not ok
+    first = tl.max(tl.where(c_valid, tl.where(ok, 0, offs_c + 1), 0), 0)
     ladder = tl.load(LADDER + offs_c, mask=c_valid, other=0.0)
     delta = tl.sum(tl.where(offs_c == first, ladder, 0.0), 0)
     tl.store(DROP + g, tl.where(first < C, delta, keep_all))
@@ -225,13 +225,15 @@ def _pow2(x: int) -> int:
 
 def budget_partials_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, *, scale: float,
                         block_n: int, partials_dtype: torch.dtype = torch.float32, bh_start: int = 0,
-                        bh_count: Optional[int] = None, num_warps: int = 4,
-                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        bh_count: Optional[int] = None, block_r: int = BLOCK_R, num_warps: int = 4,
+                        num_stages: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-key-block softmax partials of the sampled rows, each block shifted by its own max.
 
     Args:
         q: ``[B, H, Sq, D]``; k, v: ``[B, H, Sk, D]`` (any strides, one float dtype); rows: int32 ``[R]``.
         bh_start, bh_count: the batch·heads of this launch (all by default).
+        block_r, num_warps, num_stages: launch settings (sampled rows per program, a power of two >= 16; None
+            stages: Triton's default).
     Returns:
         ``m [G, R, NK]`` fp32 block maxima of ``s = q·kᵀ·scale``; ``z [G, R, NK]`` fp32 ``Σ exp(s − m)``;
         ``u [G, R, NK, D]`` in ``partials_dtype``, ``Σ exp(s − m) v``. With ``M`` the row max,
@@ -245,9 +247,10 @@ def budget_partials_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows:
     m = torch.empty((g, r, nk), dtype=torch.float32, device=q.device)
     z = torch.empty_like(m)
     u = torch.empty((g, r, nk, d), dtype=partials_dtype, device=q.device)
-    _budget_partials_fwd_kernel[(triton.cdiv(r, BLOCK_R), g)](
+    stages = {} if num_stages is None else dict(num_stages=num_stages)
+    _budget_partials_fwd_kernel[(triton.cdiv(r, block_r), g)](
         q, k, v, rows, m, z, u, *q.stride(), *k.stride(), *v.stride(), h, r, nk, sk, d, bh_start, scale * LOG2E,
-        BLOCK_R=BLOCK_R, BLOCK_N=block_n, BLOCK_D=_pow2(d), num_warps=num_warps,
+        BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_D=_pow2(d), num_warps=num_warps, **stages,
     )
     return m, z, u
 
@@ -300,11 +303,13 @@ def budget_drop_mass_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prob
                          target_error: float, block_m: int, block_n: int, scale: float, forced_rows: torch.Tensor,
                          forced_cols: torch.Tensor, rows: int = GUARD_ROWS, margin: float = GUARD_MARGIN,
                          partials_dtype: torch.dtype = torch.float32, max_partials_bytes: int = MAX_PARTIALS_BYTES,
-                         return_errors: bool = False):
+                         block_r: int = BLOCK_R, return_errors: bool = False):
     """`naive.naive_budget_drop_mass` in three Triton launches (per chunk of heads for the first two).
 
     Args: as `naive.naive_budget_drop_mass`; ``block_n`` a power of two in [16, 256], head dim <= 256.
         partials_dtype: storage of the per-block sums ``u`` (fp32, or bf16 to halve their traffic).
+        max_partials_bytes: heads are measured in chunks whose partials stay below this size.
+        block_r: sampled rows per program of `budget_partials_fwd`.
         return_errors: also return the measured relative L1 of every ladder entry, fp32 ``[B, H, C]``.
     Returns:
         fp32 ``[B, H]`` drop masses (`naive.KEEP_ALL` where no δ meets the budget).
@@ -323,12 +328,12 @@ def budget_drop_mass_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prob
     ladder = _ladder(q.device)
     err = torch.empty((groups, r, ladder.numel()), dtype=torch.float32, device=q.device)
     ref_norm = torch.empty((groups, r), dtype=torch.float32, device=q.device)
-    per_head = r * nk * (d * torch.empty((), dtype=partials_dtype).element_size() + 8)
+    per_head = r * nk * (d * torch.finfo(partials_dtype).bits // 8 + 8)
     chunk = max(1, min(groups, max_partials_bytes // per_head))
     for g0 in range(0, groups, chunk):
         count = min(chunk, groups - g0)
         m, z, u = budget_partials_fwd(q, k, v, row_index, scale=scale, block_n=block_n,
-                                      partials_dtype=partials_dtype, bh_start=g0, bh_count=count)
+                                      partials_dtype=partials_dtype, bh_start=g0, bh_count=count, block_r=block_r)
         budget_drop_errors_fwd(m, z, u, probs, row_block, forced_rows, forced_cols, ladder, err, ref_norm,
                                bh_start=g0)
     errors, drop = budget_choose_fwd(err, ref_norm, ladder, margin * target_error)
