@@ -25,11 +25,12 @@ import torch
 # shape: (geometry, heads, sequence length, head dim, text tokens) at full size
 SHAPES = {"flux1024": ("flux", 24, 4608, 128, 512), "cogvideox2b": ("cogvideox", 30, 17776, 64, 226),
           "mochi": ("mochi", 24, 44776, 128, 256)}
-# guard variants timed against each other: today's PyTorch measurement and the Triton one (fp32 or bf16 block sums,
-# 16 or 32 sampled rows per program)
+# guard variants timed against each other: today's PyTorch measurement and the Triton one (default launch settings;
+# bf16 block sums; 32 sampled rows per program; three pipeline stages)
 VARIANTS = {"naive": dict(implementation="naive"), "triton": dict(implementation="triton"),
             "triton_bf16": dict(implementation="triton", partials_dtype=torch.bfloat16),
-            "triton_r32": dict(implementation="triton", block_r=32)}
+            "triton_r32": dict(implementation="triton", block_r=32),
+            "triton_s3": dict(implementation="triton", num_stages=3)}
 TINY_GRID = 0.1
 TINY_HEADS = 2
 
@@ -116,10 +117,11 @@ def main(argv=None) -> int:
                    heads=heads, head_dim=dim, batch=q.shape[0], eps=args.eps, cudnn_ms=round(dense, 4),
                    guard_naive_ms=round(timed["naive"], 4), guard_triton_ms=round(timed["triton"], 4),
                    guard_triton_bf16_ms=round(timed["triton_bf16"], 4),
-                   guard_triton_r32_ms=round(timed["triton_r32"], 4),
+                   guard_triton_r32_ms=round(timed["triton_r32"], 4), guard_triton_s3_ms=round(timed["triton_s3"], 4),
                    naive_share=round(timed["naive"] / dense, 4), triton_share=round(timed["triton"] / dense, 4),
                    triton_bf16_share=round(timed["triton_bf16"] / dense, 4),
                    triton_r32_share=round(timed["triton_r32"] / dense, 4),
+                   triton_s3_share=round(timed["triton_s3"] / dense, 4),
                    triton_speedup=round(timed["naive"] / timed["triton"], 2),
                    heads_equal=round(float((drops["triton"] == drops["naive"]).float().mean()), 4),
                    heads_equal_bf16=round(float((drops["triton_bf16"] == drops["naive"]).float().mean()), 4),
@@ -146,13 +148,13 @@ def main(argv=None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     print(f"\n{'shape':12s} {'seq':>6s} {'dense ms':>9s} {'naive ms':>9s} {'share':>7s} {'triton ms':>9s} "
-          f"{'share':>6s} {'bf16-u ms':>9s} {'share':>6s} {'r32 ms':>8s} {'same δ':>6s} {'x measure':>9s} "
-          f"{'x reuse':>8s}")
+          f"{'share':>6s} {'bf16-u ms':>9s} {'share':>6s} {'r32 ms':>8s} {'s3 ms':>8s} {'same δ':>6s} "
+          f"{'x measure':>9s} {'x reuse':>8s}")
     for r in rows:
         print(f"{r['shape']:12s} {r['seq_len']:6d} {r['cudnn_ms']:9.3f} {r['guard_naive_ms']:9.3f} "
               f"{r['naive_share']:7.1%} {r['guard_triton_ms']:9.3f} {r['triton_share']:6.1%} "
               f"{r['guard_triton_bf16_ms']:9.3f} {r['triton_bf16_share']:6.1%} {r['guard_triton_r32_ms']:8.3f} "
-              f"{r['heads_equal']:6.2f} "
+              f"{r['guard_triton_s3_ms']:8.3f} {r['heads_equal']:6.2f} "
               f"{r.get('x_cudnn_measured', float('nan')):9.2f} {r.get('x_cudnn_reused', float('nan')):8.2f}")
     print(f"wrote {args.out}")
     return 0

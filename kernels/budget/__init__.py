@@ -1,5 +1,5 @@
 """The error budget ε: per-head drop masses measured on sampled exact rows of the same call. `naive` (plain
-PyTorch, the ground truth and the CPU path) and `kernel` (Triton: the same measurement in three launches).
+PyTorch, the ground truth and the CPU path) and `kernel` (Triton: the same measurement in four launches).
 
 `budget_drop_mass` picks the Triton path for CUDA tensors when it can run there and the naive one otherwise. The
 Triton launchers load on first use (``<package>.<name>`` or ``<package>.kernel``), so importing the references needs

@@ -58,9 +58,10 @@ def _probs_with_ties(gen, b, h, nq, nk):
 @pytest.mark.parametrize("per_head_forced, total_mass", [(False, 1.0), (True, 1.0), (False, 0.3)],
                          ids=["shared-forced", "per-head-forced", "mass-0.3"])
 def test_drop_errors_match_naive_on_the_same_partials(gen, per_head_forced, total_mass):
-    """Kernels 2 and 3 alone: fed the naive partials (block max 0), their errors are `naive.drop_errors`. With a
+    """The bucket, error and choice kernels alone: fed the naive partials (block max 0), their errors are
+    `naive.drop_errors`. With a
     total mass below the largest drop mass, only the rule that the most massive block stays keeps a block."""
-    b, h, nq, nk, d = 2, 2, 5, 37, 64
+    b, h, nq, nk, d = 1, 3, 5, 37, 64
     rows, row_block = K.sampled_rows(nq * 128 - 20, 128, 96, "cpu")
     r = rows.numel()
     probs = _probs_with_ties(gen, b, h, nq, nk) * total_mass
@@ -77,8 +78,9 @@ def test_drop_errors_match_naive_on_the_same_partials(gen, per_head_forced, tota
     ladder = K._ladder(torch.device("cpu"))
     err = torch.empty(b * h, r, ladder.numel())
     ref_norm = torch.empty(b * h, r)
-    K.budget_drop_errors_fwd(torch.zeros_like(z0), z0, u0, probs.reshape(b * h, nq, nk), row_block,
-                             K._per_head(fr, b * h, nq), K._per_head(fc, b * h, nk), ladder, err, ref_norm)
+    bucket = K.budget_buckets_fwd(probs.reshape(b * h, nq, nk), row_block, K._per_head(fr, b * h, nq),
+                                  K._per_head(fc, b * h, nk), ladder)
+    K.budget_drop_errors_fwd(torch.zeros_like(z0), z0, u0, bucket, ladder.numel(), err, ref_norm)
     errors, drop = K.budget_choose_fwd(err, ref_norm, ladder, 0.03)
     fc_rows = fc.reshape(-1, nk).expand(b * h, nk)
     fr_rows = fr.reshape(-1, nq).expand(b * h, nq)[:, row_block.long()]
@@ -155,7 +157,7 @@ def test_budget_drop_mass_matches_naive(gen, b, h, s, d, block_n, strided, targe
 
 
 def test_chunked_launches_give_the_same_result(gen):
-    q, k, v, probs, args = _budget_case(gen, 2, 2, 300, 64, 64)
+    q, k, v, probs, args = _budget_case(gen, 1, 3, 256, 64, 64)
     whole, errors = K.budget_drop_mass_fwd(q, k, v, probs, target_error=0.05, return_errors=True, **args)
     chunked, chunk_errors = K.budget_drop_mass_fwd(q, k, v, probs, target_error=0.05, return_errors=True,
                                                    max_partials_bytes=1, **args)  # one head per launch

@@ -248,7 +248,7 @@ def test_budget_guard_triton_matches_naive_at_length(geometry, family):
     fr = args["forced_rows"].reshape(-1, nq).expand(g, nq)[:, row_block.long()]
     naive_errors = B.drop_errors(probs.reshape(g, nq, nk)[:, row_block.long()], fc, fr, z0, u0, B.DROP_MASS_LADDER)
     for target_error in (0.02, 0.05, 0.1):
-        for options in (dict(), dict(partials_dtype=torch.bfloat16), dict(block_r=32)):
+        for options in (dict(), dict(partials_dtype=torch.bfloat16), dict(block_r=32), dict(num_stages=3)):
             got, errors = K.budget_drop_mass_fwd(q, k, v, probs, target_error=target_error, return_errors=True,
                                                  **args, **options)
             errors = errors.reshape(g, -1)
