@@ -5,7 +5,8 @@
 - `predict/`: stage-1 block-mass estimates and the selection kernel (`predict.select_blocks_fwd`);
 - `block_sparse_attn/`: the stage-2 block-sparse attention kernel (`block_sparse_attn.block_sparse_attn_fwd`);
 - `selection`: the one selection rule (top-k, TopCdf τ, the error budget ε) and its naive selectors;
-- `budget`: the error budget's per-head drop masses, measured on sampled exact rows (PyTorch on every device);
+- `budget/`: the error budget's per-head drop masses, measured on sampled exact rows (`budget.budget_drop_mass`:
+  Triton on CUDA, the naive PyTorch reference elsewhere);
 - `geometry`: block counts and forced ranges; `lut`: kept-block lists; `evaluation`: exact masses and mask errors;
 - `reference`: the whole call composed from the naive references (what the CPU runs);
 - `dispatch`: the Triton launch sequence and its ``torch.library`` op.

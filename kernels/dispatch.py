@@ -148,8 +148,8 @@ def sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_thr
     Selection follows `reference.naive_sparge_attention` through the same `selection.Selection`. Both predictors run
     in Triton: ``"sparge"`` as pooled scores + `predict.select_blocks_fwd`, ``"lse"`` as the block log-masses of
     `quantize.prepare_fwd` (ground truth `predict.naive.naive_lse_block_logits`) + the same selection kernel. The
-    error budget measures its per-head drop masses on sampled exact rows (`budget.budget_drop_mass`, PyTorch) from
-    the predicted block masses, unless ``drop_mass`` gives them.
+    error budget measures its per-head drop masses on sampled exact rows (`budget.budget_drop_mass`: four Triton
+    launches on CUDA, `budget.kernel`) from the predicted block masses, unless ``drop_mass`` gives them.
     """
     quantize, predict, attn = _kernel_modules()
     if predictor not in ("sparge", "lse", "full"):

@@ -241,3 +241,63 @@ def test_eager_launch_equals_the_custom_op():
     for a, b in zip(eager[:3], op[:3]):
         assert a.stride() == b.stride()
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# Triton error-budget measurement (`kernels.budget.kernel`) against the naive reference at full length. The kernel
+# rounds exp(s - m) to bf16 before P·V (relative 2^-9) and sums in another order; its measured errors follow the fp32
+# naive ones to this relative tolerance (a bound, not yet a GPU measurement), and a chosen drop mass may differ only
+# where a naive error between the two choices lies within it of the target.
+GUARD_ERROR_RTOL = 2e-2
+
+
+def _guard_case(family, seq_geometry, heads, seed=4):
+    from sparge_diffusers import attention_families as F
+    from sparge_diffusers.kernels.predict.naive import naive_forced_blocks, naive_lse_block_probs
+
+    geo = F.scaled_geometry(seq_geometry)
+    q, k, v = F.family_qkv(family, geo, heads=list(heads), seed=seed, device="cuda", dtype=torch.bfloat16)
+    q, k, v = (torch.cat([x, x.flip(1)], 0) for x in (q, k, v))  # batch 2
+    q = q.transpose(1, 2).contiguous().transpose(1, 2)  # a strided [B, S, H, D] view, as diffusers hands it over
+    scale = q.shape[-1] ** -0.5
+    probs = torch.cat([naive_lse_block_probs(q[i:i + 1], k[i:i + 1], block_m=128, block_n=128, scale=scale)
+                       for i in range(2)])
+    fr, fc = naive_forced_blocks(q, k, block_m=128, block_n=128, keep_ranges=[geo.text_range])
+    return q, k, v, probs, dict(block_m=128, block_n=128, scale=scale, forced_rows=fr, forced_cols=fc)
+
+
+@pytest.mark.parametrize("geometry", ["flux", "cogvideox", "mochi"])
+@pytest.mark.parametrize("family", ["clip", "random"])
+def test_budget_guard_triton_matches_naive_at_length(geometry, family):
+    from sparge_diffusers.kernels import budget as B
+    from sparge_diffusers.kernels.budget import kernel as K
+
+    q, k, v, probs, args = _guard_case(family, geometry, heads=range(4))
+    rows, row_block = K.sampled_rows(q.shape[2], 128, 96, q.device)
+    flat = [x.reshape(-1, *x.shape[2:]) for x in (q, k, v)]
+    m, z, u = K.budget_partials_fwd(q, k, v, rows, scale=args["scale"], block_n=128)
+    z0, u0 = B.naive_row_partials(flat[0][:, rows.long()].float(), flat[1].float(), flat[2].float(),
+                                  scale=args["scale"], block_n=128)
+    w = torch.exp(m - m.amax(-1, keepdim=True))
+    assert (z * w - z0).abs().max() <= 1e-2 * z0.abs().max()
+    assert (u * w[..., None] - u0).abs().max() <= 1e-2 * u0.abs().max()
+    g, nq, nk = q.shape[0] * q.shape[1], probs.shape[2], probs.shape[3]
+    fc = args["forced_cols"].reshape(-1, nk).expand(g, nk)
+    fr = args["forced_rows"].reshape(-1, nq).expand(g, nq)[:, row_block.long()]
+    naive_errors = B.drop_errors(probs.reshape(g, nq, nk)[:, row_block.long()], fc, fr, z0, u0, B.DROP_MASS_LADDER)
+    for target_error in (0.02, 0.05, 0.1):
+        for options in (dict(), dict(partials_dtype=torch.bfloat16), dict(block_r=32), dict(num_stages=3)):
+            got, errors = K.budget_drop_mass_fwd(q, k, v, probs, target_error=target_error, return_errors=True,
+                                                 **args, **options)
+            errors = errors.reshape(g, -1)
+            assert ((errors - naive_errors).abs() <= GUARD_ERROR_RTOL * naive_errors + 1e-5).all(), options
+            target = B.GUARD_MARGIN * target_error
+            expected = B.choose_drop_mass(naive_errors, target, B.DROP_MASS_LADDER)
+            ladder = list(B.DROP_MASS_LADDER) + [B.KEEP_ALL]
+            for head, (a, e) in enumerate(zip(got.flatten().tolist(), expected.tolist())):
+                if a != e:
+                    lo, hi = sorted((ladder.index(a), ladder.index(e)))
+                    near = (naive_errors[head, lo:min(hi + 1, len(B.DROP_MASS_LADDER))] - target).abs()
+                    assert (near <= GUARD_ERROR_RTOL * target).any(), (head, a, e, options)
+    # the public entry takes the Triton path on CUDA
+    auto = B.budget_drop_mass(q, k, v, probs, target_error=0.05, **args)
+    assert torch.equal(auto, K.budget_drop_mass_fwd(q, k, v, probs, target_error=0.05, **args))

@@ -1,4 +1,5 @@
-"""The error budget ε: per-head drop budgets measured on sampled exact rows of the same call.
+"""Ground truth of the error budget ε (`budget.kernel`): per-head drop budgets measured on sampled exact rows of
+the same call.
 
 A fixed map from predicted dropped mass to error cannot be a budget: how much output error a dropped block causes
 depends on how wrong the predicted mass is and on how far that block's values lie from the output, and both change
@@ -24,8 +25,9 @@ every head meets ε on its own rows, the relative L1 of the whole call (a weight
 This is a sampled estimate, so it can miss by the sampling error; `GUARD_MARGIN` and `GUARD_ROWS` were chosen on
 one evaluation family and checked on all of them (`benchmarks/results/predictor_eval.md`).
 
-The same function runs on the CPU and the GPU (plain PyTorch: a few matmuls, exponentials and cumulative sums,
-chunked over heads so that a 45K-token call stays within a few hundred MB).
+`naive_budget_drop_mass` is plain PyTorch (a few matmuls, exponentials and cumulative sums, chunked over heads so
+that a 45K-token call stays within a few hundred MB): what the CPU runs and what the Triton path
+(`kernel.budget_drop_mass_fwd`) is tested against.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Optional
 
 import torch
 
-from .geometry import block_token_counts, num_blocks
+from ..geometry import block_token_counts, num_blocks
 
 # Sampled query rows per (batch, head): one in each of up to this many query blocks.
 GUARD_ROWS = 96
@@ -135,10 +137,10 @@ def choose_drop_mass(errors: torch.Tensor, target: float, ladder) -> torch.Tenso
 
 
 @torch.no_grad()
-def budget_drop_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probs: torch.Tensor, *, target_error: float,
-                     block_m: int, block_n: int, scale: float, forced_rows: torch.Tensor, forced_cols: torch.Tensor,
-                     rows: int = GUARD_ROWS, margin: float = GUARD_MARGIN,
-                     max_chunk_elements: int = 1 << 25, low_precision: Optional[bool] = None) -> torch.Tensor:
+def naive_budget_drop_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probs: torch.Tensor, *,
+                           target_error: float, block_m: int, block_n: int, scale: float, forced_rows: torch.Tensor,
+                           forced_cols: torch.Tensor, rows: int = GUARD_ROWS, margin: float = GUARD_MARGIN,
+                           max_chunk_elements: int = 1 << 25, low_precision: Optional[bool] = None) -> torch.Tensor:
     """Per-(batch, head) drop mass δ meeting the error budget ε on sampled exact rows (see the module docstring).
 
     Args:
@@ -176,6 +178,6 @@ def budget_drop_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probs: t
     return out.view(b, h)
 
 
-__all__ = ["DROP_MASS_LADDER", "GUARD_MARGIN", "GUARD_ROWS", "KEEP_ALL", "budget_drop_mass", "choose_drop_mass",
-           "drop_errors", "naive_row_partials", "sample_rows"]
+__all__ = ["DROP_MASS_LADDER", "GUARD_MARGIN", "GUARD_ROWS", "KEEP_ALL", "choose_drop_mass", "drop_errors",
+           "naive_budget_drop_mass", "naive_row_partials", "sample_rows"]
 
