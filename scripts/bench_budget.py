@@ -56,8 +56,11 @@ def _timer(cuda: bool):
 def _ladder_steps(a: torch.Tensor, b: torch.Tensor, ladder) -> int:
     """Largest distance in ladder rungs between two drop-mass tensors (KEEP_ALL counts as the rung past the last)."""
     rungs = list(ladder) + [-1.0]
-    index = {value: i for i, value in enumerate(rungs)}
-    return max(abs(index[x] - index[y]) for x, y in zip(a.flatten().tolist(), b.flatten().tolist()))
+
+    def index(x: float) -> int:  # the drop masses are fp32 copies of the fp64 ladder: nearest rung
+        return min(range(len(rungs)), key=lambda i: abs(rungs[i] - x))
+
+    return max(abs(index(x) - index(y)) for x, y in zip(a.flatten().tolist(), b.flatten().tolist()))
 
 
 def main(argv=None) -> int:
