@@ -86,7 +86,7 @@ def sparge_attention_triton(
             earlier call); None measures them in this call (`budget.budget_drop_mass`).
     Returns:
         ``out`` ``[B, H, Sq, D]`` in q's dtype, contiguous or in q's transposed ``[B, Sq, H, D]`` layout
-        (`output_like`); ``lut`` int32 ``[B, H, NQ, NK]``; ``counts`` int32
+        (`output_like`); ``lut`` int32 ``[B, H, NQ, NK]`` (entries past ``counts`` unspecified); ``counts`` int32
         ``[B, H, NQ]``; ``drop`` fp32 ``[B, H]``: the drop masses used (unspecified values for rules without one:
         allocated, never written, which saves a fill launch per call).
     """
