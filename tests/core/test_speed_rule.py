@@ -53,5 +53,5 @@ def test_committed_table_records_the_measured_budget_call():
 
     with open(os.path.join(speed_rule._TABLE_DIR, "sm90.json")) as handle:
         entry = json.load(handle)["budget_measured_call"]
-    assert speed_rule._measured_budget_min_len("sm90") == entry["min_seq_len"] == 44776
+    assert speed_rule._measured_budget_min_len("sm90") == entry["min_seq_len"] == 17776
     assert speed_rule._measured_budget_min_len("sm10") is None
