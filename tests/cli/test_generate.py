@@ -169,8 +169,9 @@ def test_compare_dense_sidecar_psnr_and_eval_agree(fmt, cli, fast, tmp_path):
     assert fidelity["encoded_files"] is None if fmt == "png" else fidelity["encoded_files"]["format"] == "mp4"
     assert row["psnr"] == pytest.approx(expected["psnr"], rel=1e-9)
     assert row["ssim"] == pytest.approx(expected["ssim"], rel=1e-6)
-    if fmt == "mp4":  # H.264 loses more than the sparse attention: the file figure is the lower one
-        assert fidelity["encoded_files"]["psnr"] < fidelity["raw_frames"]["psnr"]
+    if fmt == "mp4":  # two measurements: H.264 changes the figure (which one is lower depends on the model's
+        # frames: run 3's flat grey renders encode almost losslessly, 26.36 against 26.33 dB raw at topk 0.3, 1 step)
+        assert fidelity["encoded_files"]["psnr"] != pytest.approx(fidelity["raw_frames"]["psnr"], abs=1e-6)
 
 
 def test_helpers():
