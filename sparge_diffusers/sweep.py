@@ -46,6 +46,7 @@ import numpy as np
 from .config import PRECISIONS, REORDERS, SpargeConfig
 from .errors import UsageError
 from .evaluate import METRICS, Evaluator, add_metric_arguments, parse_metrics
+from .launch import read_rank_env
 from .media import atomic_path, check_writable_dir, write_json, write_media, write_text
 
 logger = logging.getLogger(__name__)
@@ -114,16 +115,7 @@ def expand_grid(topk: Sequence[float] = (), cdf_threshold: Sequence[float] = (),
 
 def rank_info(env: Optional[dict] = None) -> Tuple[int, int, int]:
     """``(rank, world_size, local_rank)`` from torchrun / accelerate environment variables (``(0, 1, 0)`` alone)."""
-    env = os.environ if env is None else env
-    try:
-        world = int(env.get("WORLD_SIZE", "1"))
-        rank = int(env.get("RANK", "0"))
-        local = int(env.get("LOCAL_RANK", str(rank)))
-    except ValueError:
-        raise UsageError("RANK / WORLD_SIZE / LOCAL_RANK must be integers") from None
-    if world < 1 or not 0 <= rank < world:
-        raise UsageError(f"bad distributed environment: RANK={rank} WORLD_SIZE={world}")
-    return rank, world, local
+    return read_rank_env(env)
 
 
 def split_work(items: Sequence, rank: int, world: int) -> list:
