@@ -34,7 +34,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
