@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from ._lazy import triton_device_reason
 from .budget import budget_drop_mass
 from .geometry import block_token_counts, num_blocks
 from .selection import MODE_CDF, MODE_TOPK, Selection
@@ -27,17 +28,7 @@ KERNEL_HEAD_DIMS = (64, 128)
 
 def triton_unavailable_reason(q: torch.Tensor) -> Optional[str]:
     """None when the Triton path can run on ``q``'s device, else a short reason."""
-    if not q.is_cuda:
-        return f"tensors are on {q.device.type}, the Triton kernels need a CUDA device"
-    if torch.version.hip is not None:
-        return "ROCm is not supported by these kernels"
-    if torch.cuda.get_device_capability(q.device) < (8, 0):
-        return "the kernels need compute capability 8.0 (Ampere) or newer"
-    try:
-        _kernel_modules()
-    except Exception as error:  # an unusable Triton install must not break attention
-        return f"Triton failed to load: {error}"
-    return None
+    return triton_device_reason(q.device, _kernel_modules)
 
 
 _MODULES: list = []

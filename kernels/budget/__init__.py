@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from .._lazy import kernel_attributes
+from .._lazy import kernel_attributes, triton_device_reason
 from .naive import *  # noqa: F401,F403
 from .naive import GUARD_MARGIN, GUARD_ROWS, naive_budget_drop_mass
 from .naive import __all__ as _naive_all
@@ -38,19 +38,13 @@ def triton_budget_unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return None
 
 
+def _load_kernel() -> None:
+    from . import kernel  # noqa: F401
+
+
 @functools.lru_cache(maxsize=16)
 def _device_reason(device: torch.device) -> Optional[str]:
-    if device.type != "cuda":
-        return f"tensors are on {device.type}"
-    if torch.version.hip is not None:
-        return "ROCm is not supported by these kernels"
-    if torch.cuda.get_device_capability(device) < (8, 0):
-        return "the kernels need compute capability 8.0 (Ampere) or newer"
-    try:
-        from . import kernel  # noqa: F401
-    except Exception as error:  # an unusable Triton install must not break attention
-        return f"Triton failed to load: {error}"
-    return None
+    return triton_device_reason(device, _load_kernel)
 
 
 @torch.no_grad()
