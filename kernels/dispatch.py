@@ -84,12 +84,10 @@ def sparge_attention_triton(
     if _eager_launch(q, k, v):
         # eager inference: the launch sequence itself, without the custom op's dispatch round trip (tens of µs a
         # call); torch.compile and autograd see the op
-        if q.is_cuda and q.device.index != torch.cuda.current_device():
-            with torch.cuda.device(q.device):
-                return sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_threshold,
-                                               pv_threshold, precision, _flat(keep_ranges), predictor, drop_mass)
-        return sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_threshold, pv_threshold,
-                                       precision, _flat(keep_ranges), predictor, drop_mass)
+        on_other_gpu = q.is_cuda and q.device.index != torch.cuda.current_device()
+        with torch.cuda.device(q.device) if on_other_gpu else contextlib.nullcontext():
+            return sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_threshold, pv_threshold,
+                                           precision, _flat(keep_ranges), predictor, drop_mass)
     return torch.ops.sparge_diffusers.sparge_attention(
         q, k, v, scale, block_m, block_n, selection.rule, selection.value, sim_threshold, pv_threshold, precision,
         _flat(keep_ranges), predictor, drop_mass,

@@ -359,7 +359,6 @@ def main(argv=None) -> None:
                     args.time_budget)
     total = state["steps"]
     seconds0 = state["seconds"]
-    stopped = False
     while state["step"] < total:
         step = state["step"]
         loss, lr, which = train_step(step, total)
@@ -375,7 +374,6 @@ def main(argv=None) -> None:
         if out_of_time() and state["step"] < total:
             logger.warning("time budget spent at step %d of %d: checkpointing; run again to continue",
                            state["step"], total)
-            stopped = True
             break
     save_ckpt()
     if args.export:  # a stopped run exports its EMA weights too (training.json records the steps done)

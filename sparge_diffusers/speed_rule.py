@@ -19,7 +19,6 @@ path (benchmarks and tests do).
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os

@@ -16,10 +16,9 @@ random-weight copies of it) agree on every size:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
