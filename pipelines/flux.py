@@ -111,8 +111,9 @@ class FluxFamily(Family):
             # the grid is in the ids (data-dependent): one opaque op gives the order, the graph stays whole
             context.begin_forward(grid=None, num_visual=num_visual, text_len=text_len, text_side="first",
                                   timestep=bound.get("timestep"))
-            perm = None if context.reorder_kind == "rowmajor" else ids_boundary_order(ids2d, self.name,
-                                                                                       context.reorder_kind)
+            perm = None
+            if context.reorder_kind != "rowmajor" and context.reorder_pays(hidden_states.device):
+                perm = ids_boundary_order(ids2d, self.name, context.reorder_kind)
         else:
             perm = self._eager_order(context, bound, ids2d, num_visual, text_len)
         if perm is None:

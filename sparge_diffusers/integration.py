@@ -102,6 +102,8 @@ def apply_sparge(pipe_or_transformer, config: Optional[SpargeConfig] = None, *,
     context = SpargeContext(config, collect_stats=collect_stats, geometry=geometry, reorder_at=reorder_at,
                             family=family.name)
     context.pair_masks = family.pair_masks
+    head_dim = getattr(getattr(transformer, "config", None), "attention_head_dim", None)
+    context.head_dim = head_dim if isinstance(head_dim, int) else None
     layers = family.attention_layers(transformer)
     member = None
     if family.uses_dispatch:

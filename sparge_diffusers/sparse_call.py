@@ -60,6 +60,8 @@ def _layer_permutation(layer: LayerCall, visual_offset: int, total_len: int, dev
     cur = context.current
     if context.reorder_at != "layer" or cur.grid is None or context.reorder_kind == "rowmajor":
         return None
+    if not context.reorder_pays(device):
+        return None
     from .hilbert import TokenPermutation
 
     return TokenPermutation.for_grid(cur.grid, context.reorder_kind, device=device, offset=visual_offset,

@@ -108,17 +108,30 @@ def sparse_can_win(table, head_dim: int, seq_len: int, expected_sparsity: Option
     return expected_sparsity is None or expected_sparsity >= winning
 
 
+def dense_by_table(table, head_dim: int, seq_len_k: int, config) -> bool:
+    """True when ``table`` (`crossover_table`) says dense cuDNN attention beats the sparse call of ``config`` at this
+    head dim and key length. The one place the rule is decided: `should_go_dense` (per call) and
+    `SpargeContext.reorder_pays` (per forward: no token reorder when every call would go dense) both ask it."""
+    if config.speed_rule != "auto" or table is None:
+        return False
+    selection = config.selection
+    expected = 1.0 - selection.value if selection.rule == "topk" else None
+    return not sparse_can_win(table, head_dim, seq_len_k, expected)
+
+
+def dense_for(device: torch.device, head_dim: int, seq_len_k: int, config) -> bool:
+    """`dense_by_table` with the table of ``device``'s GPU class; False off CUDA (the rule is measured on GPUs)."""
+    if config.speed_rule != "auto" or torch.device(device).type != "cuda":
+        return False
+    return dense_by_table(crossover_table(_capability_for(torch.device(device))), head_dim, seq_len_k, config)
+
+
 def should_go_dense(q: torch.Tensor, k: torch.Tensor, config) -> bool:
     """True when the measured crossover says dense cuDNN attention is faster for this call (CUDA only)."""
     if config.speed_rule != "auto" or not q.is_cuda:
         return False
-    table = crossover_table(_capability_for(q.device))
-    if table is None:
-        return False
-    selection = config.selection
-    expected = 1.0 - selection.value if selection.rule == "topk" else None
-    return not sparse_can_win(table, q.shape[-1], k.shape[-2], expected)
+    return dense_for(q.device, q.shape[-1], k.shape[-2], config)
 
 
-__all__ = ["SPEED_RULES", "crossover_table", "least_winning_sparsity", "measuring_budget_loses", "should_go_dense",
-           "sparse_can_win"]
+__all__ = ["SPEED_RULES", "crossover_table", "dense_by_table", "dense_for", "least_winning_sparsity",
+           "measuring_budget_loses", "should_go_dense", "sparse_can_win"]
