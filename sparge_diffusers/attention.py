@@ -105,7 +105,7 @@ def sparge_attn(
     drop = None
     if selection.rule == "budget" and backend != "dense":
         _warn_below_floor(config)
-        drop = _known_drop_mass(config, layer, guard, q.shape[:2], q.device)
+        drop = _known_drop_mass(config, layer, guard, _guard_key(q, k), q.device)
         if (drop is None and guard is None and q.is_cuda and config.speed_rule == "auto"
                 and measuring_budget_loses(q.device, k.shape[-2])):
             log_once(logger, "budget-measure-dense", "sparge_attn: measuring the error budget in every call costs "
@@ -143,7 +143,7 @@ def sparge_attn(
             )
             out, block_mask, used = out
         if selection.rule == "budget" and guard is not None and drop is None and not torch.compiler.is_compiling():
-            guard.update(q.shape[:2], used)
+            guard.update(_guard_key(q, k), used)
         out = out.to(q.dtype)
         stats = None
         if return_stats:
@@ -155,19 +155,24 @@ def sparge_attn(
     return (out, stats) if return_stats else out
 
 
-def _known_drop_mass(config: SpargeConfig, layer: Optional[int], guard: Optional[BudgetGuard], batch_heads,
+def _guard_key(q: torch.Tensor, k: torch.Tensor) -> Tuple[int, int, int, int]:
+    """The call shape a `BudgetGuard` keeps drop masses for: ``(B, H, Sq, Sk)`` of the BHSD tensors."""
+    return (q.shape[0], q.shape[1], q.shape[-2], k.shape[-2])
+
+
+def _known_drop_mass(config: SpargeConfig, layer: Optional[int], guard: Optional[BudgetGuard], key,
                      device) -> Optional[torch.Tensor]:
     """Drop masses that need no measuring in this call: calibrated for this layer, or the guard's still fresh
     ones; None means measure them."""
     if config.calibration is not None and layer is not None:
         from .calibration import load_calibration
 
-        calibrated = load_calibration(config.calibration).drop_mass(layer, config.target_error, *batch_heads,
+        calibrated = load_calibration(config.calibration).drop_mass(layer, config.target_error, *key[:2],
                                                                     device=device)
         if calibrated is not None:
             return calibrated
     if guard is not None and not torch.compiler.is_compiling():
-        return guard.reuse(batch_heads)
+        return guard.reuse(key)
     return None
 
 

@@ -149,6 +149,29 @@ def test_guard_reuses_and_adapts():
         BudgetGuard(max_interval=0)
 
 
+def test_guard_keeps_call_shapes_apart():
+    # a batch whose samples have different text padding is attended group by group; each group (call shape) must
+    # keep its own drop masses, or one CFG half would run on the other half's budget
+    guard = BudgetGuard(max_interval=4)
+    a, b = (1, 2, 300, 300), (1, 2, 290, 290)
+    drops = {a: torch.tensor([[0.1, 0.2]]), b: torch.tensor([[0.4, -1.0]])}
+    for _ in range(3):  # alternate the shapes as a masked CFG batch does in every layer call
+        for key in (a, b):
+            got = guard.reuse(key)
+            if got is None:
+                guard.update(key, drops[key])
+            else:
+                assert torch.equal(got, drops[key])
+    assert guard.reused >= 2 and guard.measured >= 4
+    guard.reuse(a)
+    assert guard.interval > 1  # successive measurements of one shape agreed, although the shapes alternated
+    guard.update((2, 2, 300, 300), torch.tensor([[0.3, 0.3], [0.3, 0.3]]))
+    assert torch.equal(guard._slots[b].drop, drops[b])  # b is untouched by the new shape
+    for n in range(12):  # bounded: the oldest shapes are dropped
+        guard.update((1, 2, n, n), torch.tensor([[0.1, 0.1]]))
+    assert len(guard._slots) <= 8
+
+
 def test_sparge_attn_with_guard_measures_then_reuses(gen):
     q, k, v, geo = _family("clip", "default", heads=(0, 5))
     config = SpargeConfig(target_error=0.05, precision="bf16", keep_token_ranges=[geo.text_range])
@@ -158,6 +181,22 @@ def test_sparge_attn_with_guard_measures_then_reuses(gen):
         again = sparge_attn(q, k, v, config=config, guard=guard, return_stats=True)[1]
     assert guard.measured >= 2 and guard.reused >= 1
     assert torch.equal(first.block_map.to_dense(), again.block_map.to_dense())  # same inputs, same budget
+
+
+def test_sparge_attn_guard_never_hands_one_shape_budget_to_another(gen):
+    # two call shapes of one layer alternating (the text-padding groups of a masked CFG batch): every call's drop
+    # masses are the ones measured on its own shape, as a guard-free call measures them
+    q, k, v, geo = _family("clip", "default", heads=(0, 5))
+    short = [x[:, :, :-100] for x in (q, k, v)]
+    config = SpargeConfig(target_error=0.05, precision="bf16", keep_token_ranges=[geo.text_range])
+    alone = {name: sparge_attn(*x, config=config, return_stats=True)[1].drop_mass
+             for name, x in (("long", (q, k, v)), ("short", short))}
+    guard = BudgetGuard()
+    for _ in range(4):
+        for name, x in (("long", (q, k, v)), ("short", short)):
+            got = sparge_attn(*x, config=config, guard=guard, return_stats=True)[1].drop_mass
+            assert torch.equal(got, alone[name]), name
+    assert guard.reused >= 2  # and the guard still saves measurements
 
 
 def test_calibrated_drop_masses_are_used(tmp_path, gen):
