@@ -20,7 +20,25 @@ def test_bench_e2e_tiny(tmp_path):
         ("eager", "stock"), ("eager", "topk=1 (exactness)"), ("eager", "lse topk=0.5 hilbert")]
     assert float(rows[1]["rel_l1_vs_stock"]) < 1e-3  # topk = 1: the fp32 reference path, rounding only
     assert float(rows[2]["sparsity"]) > 0.3
-    assert (tmp_path / "e2e.md").read_text().count("tiny-wan") == 3
+    text = (tmp_path / "e2e.md").read_text()
+    assert sum(line.startswith("| tiny-wan |") for line in text.splitlines()) == 3
+    assert "Never slower" in text
+
+
+def test_never_slower_check_flags_rows_below_stock():
+    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_e2e.py"
+    spec = importlib.util.spec_from_file_location("bench_e2e", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [dict(model="m", mode="eager", setting="stock", speedup=""),
+            dict(model="m", mode="eager", setting="lse topk=0.5 hilbert", speedup=1.2, note=""),
+            dict(model="m", mode="compiled", setting="stock", speedup=""),
+            dict(model="m", mode="compiled", setting="lse topk=0.5 hilbert", speedup=0.995, note="x"),
+            dict(model="n", setting="failed", note="boom")]
+    slower = bench.slower_than_stock(rows)
+    assert [(r["mode"], r["speedup"]) for r in slower] == [("compiled", 0.995)]
+    assert rows[3]["note"] == "slower than stock; x" and rows[1]["note"] == ""
+    assert bench.slower_than_stock(rows) == slower and rows[3]["note"] == "slower than stock; x"  # idempotent
 
 
 @pytest.mark.slow  # 24 s on the shared 2-core machine: two torch.compile runs (eager backend)
