@@ -121,9 +121,10 @@ def dense_by_table(table, head_dim: int, seq_len_k: int, config) -> bool:
 
 def dense_for(device: torch.device, head_dim: int, seq_len_k: int, config) -> bool:
     """`dense_by_table` with the table of ``device``'s GPU class; False off CUDA (the rule is measured on GPUs)."""
-    if config.speed_rule != "auto" or torch.device(device).type != "cuda":
+    device = device if isinstance(device, torch.device) else torch.device(device)  # as given under torch.compile
+    if config.speed_rule != "auto" or device.type != "cuda":
         return False
-    return dense_by_table(crossover_table(_capability_for(torch.device(device))), head_dim, seq_len_k, config)
+    return dense_by_table(crossover_table(_capability_for(device)), head_dim, seq_len_k, config)
 
 
 def should_go_dense(q: torch.Tensor, k: torch.Tensor, config) -> bool:
