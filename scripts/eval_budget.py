@@ -33,7 +33,8 @@ from sparge_diffusers import video_inputs
 from sparge_diffusers.hilbert import TokenPermutation
 from sparge_diffusers.kernels import evaluation as E
 from sparge_diffusers.kernels.budget import DROP_MASS_LADDER, budget_drop_mass
-from sparge_diffusers.kernels.predict.naive import naive_forced_blocks, naive_predicted_block_probs
+from sparge_diffusers.kernels.predict.naive import (naive_forced_blocks, naive_mixed_block_probs,
+                                                    naive_predicted_block_probs, naive_sampled_rows_block_probs)
 from sparge_diffusers.kernels.selection import naive_select_blocks
 
 TOPKS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
@@ -82,9 +83,19 @@ def ordered(q, k, v, geo, order):
     return tuple(perm.apply(z, dim=-2) for z in (q, k, v))
 
 
+def block_probs(predictor, q, k, block, scale):
+    """Block masses to rank by: the two `SpargeConfig` predictors, or a candidate (``rows4``: 4 exact sampled rows
+    per block; ``mixed``: the mean of lse and rows4, `naive_mixed_block_probs`)."""
+    if predictor == "rows4":
+        return naive_sampled_rows_block_probs(q, k, block_m=block, block_n=block, scale=scale, rows=4)
+    if predictor == "mixed":
+        return naive_mixed_block_probs(q, k, block_m=block, block_n=block, scale=scale)
+    return naive_predicted_block_probs(predictor, q, k, block_m=block, block_n=block, scale=scale)
+
+
 def masks_for(q, k, v, predictor, eps_list, keep, block):
     scale = q.shape[-1] ** -0.5
-    probs = naive_predicted_block_probs(predictor, q, k, block_m=block, block_n=block, scale=scale)
+    probs = block_probs(predictor, q, k, block, scale)
     fr, fc = naive_forced_blocks(q, k, block_m=block, block_n=block, keep_ranges=[keep])
     out = {}
     for eps in eps_list:
@@ -122,7 +133,7 @@ def main(argv=None) -> int:
     parser.add_argument("--families", nargs="+", default=list(F.FAMILIES), choices=F.FAMILIES)
     parser.add_argument("--geometries", nargs="+", default=["cogvideox", "mochi", "flux"])
     parser.add_argument("--orders", nargs="+", default=["hilbert", "rowmajor"])
-    parser.add_argument("--predictors", nargs="+", default=["lse", "sparge"])
+    parser.add_argument("--predictors", nargs="+", default=["lse", "sparge"], choices=("lse", "sparge", "rows4", "mixed"))
     parser.add_argument("--eps", nargs="+", type=float, default=[0.02, 0.05, 0.1])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--heads", type=int, default=4, help="heads per geometry (spread over the layer)")

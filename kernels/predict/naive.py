@@ -182,6 +182,23 @@ def naive_sampled_rows_block_probs(q, k, *, block_m: int, block_n: int, scale: f
     return probs.unflatten(-2, (nq, rows)).mean(-2)
 
 
+def naive_mixed_block_probs(q, k, *, block_m: int, block_n: int, scale: float, rows: int = 4,
+                            weight: float = 0.5):
+    """A candidate estimate of block mass: ``weight`` · `naive_lse_block_probs` + (1 − ``weight``) ·
+    `naive_sampled_rows_block_probs` (exact softmax of ``rows`` query rows per block). Rows sum to 1.
+
+    The lse estimate scores each block's mean query, which misranks blocks when the queries of one block attend to
+    different places (heads of local windows, temporal diagonals, hubs); a few exact rows see those places. Not a
+    `SpargeConfig` predictor yet: `scripts/eval_budget.py --predictors mixed` measures it (the weight and row count
+    are fixed, not tuned). Cost: ``rows / block_m`` of the Q·Kᵀ of dense attention on top of the lse predictor.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight!r}")
+    lse = naive_lse_block_probs(q, k, block_m=block_m, block_n=block_n, scale=scale)
+    sampled = naive_sampled_rows_block_probs(q, k, block_m=block_m, block_n=block_n, scale=scale, rows=rows)
+    return weight * lse + (1.0 - weight) * sampled
+
+
 def naive_sparge_block_probs(q, k, *, block_m: int, block_n: int, scale: float) -> torch.Tensor:
     """The paper's pooled estimate ``softmax_j(q̄_i k̄_jᵀ · scale + log n_j)`` (no forced columns removed)."""
     q_mean = naive_block_mean(q, block_m)
@@ -234,6 +251,7 @@ def naive_predicted_block_probs(predictor: str, q: torch.Tensor, k: torch.Tensor
 
 __all__ = [
     "naive_predicted_block_probs",
+    "naive_mixed_block_probs",
     "naive_block_mean",
     "naive_block_self_similarity",
     "naive_forced_blocks",

@@ -166,3 +166,25 @@ def test_selection_precedence():
     assert SpargeConfig(topk=None, cdf_threshold=0.9).selection == S.Selection("cdf", 0.9)
     assert SpargeConfig(topk=1.0).is_dense and SpargeConfig(predictor="full").is_dense
     assert not SpargeConfig().is_dense
+
+
+@pytest.mark.parametrize("seq_len", [200, 257])
+def test_mixed_block_probs_is_the_stated_mixture(gen, seq_len):
+    q, k = (torch.randn(1, 2, seq_len, 64, generator=gen) for _ in range(2))
+    scale = 64 ** -0.5
+    mixed = P.naive_mixed_block_probs(q, k, block_m=64, block_n=64, scale=scale, rows=4, weight=0.25)
+    lse = P.naive_lse_block_probs(q, k, block_m=64, block_n=64, scale=scale)
+    # the sampled part by its definition: exact softmax rows at the centres of 4 equal parts of each query block
+    logits = (q.double() @ k.double().transpose(-1, -2)) * scale
+    p = torch.softmax(logits, dim=-1)
+    nq, nk = ref.num_blocks(seq_len, 64), ref.num_blocks(seq_len, 64)
+    sampled = torch.zeros(1, 2, nq, nk, dtype=torch.float64)
+    for i in range(nq):
+        n = min(64, seq_len - i * 64)
+        for r in range(4):
+            row = p[:, :, i * 64 + (2 * r + 1) * n // 8]
+            sampled[:, :, i] += torch.stack([row[..., j * 64:(j + 1) * 64].sum(-1) for j in range(nk)], -1) / 4
+    torch.testing.assert_close(mixed.double(), 0.25 * lse.double() + 0.75 * sampled, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mixed.sum(-1), torch.ones(1, 2, nq), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="weight"):
+        P.naive_mixed_block_probs(q, k, block_m=64, block_n=64, scale=scale, weight=1.5)
