@@ -1,6 +1,11 @@
 """Shared fixtures of the diffusers-integration tests (CPU, fp32, tiny random-weight models)."""
 
+import importlib.util
+from pathlib import Path
+
 import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 @pytest.fixture(autouse=True)
@@ -12,6 +17,18 @@ def _quiet_diffusers():
     diffusers_logging.set_verbosity_error()
     yield
     diffusers_logging.set_verbosity(level)
+
+
+@pytest.fixture
+def load_script():
+    """``load_script("bench_e2e")``: a module of ``scripts/`` loaded from its file (scripts are not a package)."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 def pytest_collection_modifyitems(config, items):

@@ -2,10 +2,8 @@
 the 2-rank outputs match the 1-process outputs (so a typo cannot wait for the GPU run to show)."""
 
 import csv
-import importlib.util
 import os
 import socket
-from pathlib import Path
 
 import pytest
 import torch.multiprocessing as mp
@@ -14,34 +12,26 @@ import torch.multiprocessing as mp
 REL_L1_2_VS_1 = 1e-5
 
 
-def _load():
-    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_cp.py"
-    spec = importlib.util.spec_from_file_location("bench_cp", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _rank(rank, port, argv):
+def _rank(rank, port, argv, load_script):
     import torch
 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    assert _load().main(argv) == 0
+    assert load_script("bench_cp").main(argv) == 0  # each rank loads its own copy
 
 
 @pytest.mark.slow
-def test_bench_cp_tiny_one_and_two_ranks(tmp_path, monkeypatch):
+def test_bench_cp_tiny_one_and_two_ranks(tmp_path, monkeypatch, load_script):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     out = str(tmp_path / "cp")
     argv = ["--tiny", "--repeats", "1", "--settings", "lse:0.5", "--out", out]
-    assert _load().main(argv) == 0
+    assert load_script("bench_cp").main(argv) == 0
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_rank, args=(port, argv), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_rank, args=(port, argv, load_script), nprocs=2, join=True, start_method="fork")
     one = list(csv.DictReader(open(f"{out}-w1.csv")))
     two = list(csv.DictReader(open(f"{out}-w2.csv")))
     assert [r["setting"] for r in one] == [r["setting"] for r in two] == ["stock", "lse:0.5"]

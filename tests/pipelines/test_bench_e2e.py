@@ -1,17 +1,12 @@
 """scripts/bench_e2e.py --tiny: the end-to-end benchmark runs on the CPU with a tiny config and writes its CSV."""
 
 import csv
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 
-def test_bench_e2e_tiny(tmp_path):
-    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_e2e.py"
-    spec = importlib.util.spec_from_file_location("bench_e2e", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_bench_e2e_tiny(tmp_path, load_script):
+    bench = load_script("bench_e2e")
     out = tmp_path / "e2e"
     assert bench.main(["--tiny", "--models", "tiny-wan", "--repeats", "1", "--settings", "lse:0.5",
                        "--out", str(out)]) == 0
@@ -25,11 +20,8 @@ def test_bench_e2e_tiny(tmp_path):
     assert "Never slower" in text
 
 
-def test_never_slower_check_flags_rows_below_stock():
-    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_e2e.py"
-    spec = importlib.util.spec_from_file_location("bench_e2e", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_never_slower_check_flags_rows_below_stock(load_script):
+    bench = load_script("bench_e2e")
     rows = [dict(model="m", mode="eager", setting="stock", speedup=""),
             dict(model="m", mode="eager", setting="lse topk=0.5 hilbert", speedup=1.2, note=""),
             dict(model="m", mode="compiled", setting="stock", speedup=""),
@@ -42,13 +34,10 @@ def test_never_slower_check_flags_rows_below_stock():
 
 
 @pytest.mark.slow  # 24 s on the shared 2-core machine: two torch.compile runs (eager backend)
-def test_bench_e2e_tiny_compile_reports_compile_time_breaks_and_peak(tmp_path):
+def test_bench_e2e_tiny_compile_reports_compile_time_breaks_and_peak(tmp_path, load_script):
     """--tiny --compile: eager and compiled, stock and Sparge in one run, with compile time, graph breaks (0) and
     the eager peak memory against stock (CPU: LiveBytes)."""
-    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_e2e.py"
-    spec = importlib.util.spec_from_file_location("bench_e2e", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_e2e")
     out = tmp_path / "e2e"
     assert bench.main(["--tiny", "--compile", "--compile-last-only", "--models", "tiny-ltx", "--repeats", "1",
                        "--settings", "lse:0.5", "--out", str(out)]) == 0

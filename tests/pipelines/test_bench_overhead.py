@@ -1,15 +1,10 @@
 """scripts/bench_overhead.py --tiny: the overhead benchmark runs every code path on the CPU (counts need CUDA)."""
 
 import csv
-import importlib.util
-from pathlib import Path
 
 
-def test_bench_overhead_tiny(tmp_path):
-    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_overhead.py"
-    spec = importlib.util.spec_from_file_location("bench_overhead", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_bench_overhead_tiny(tmp_path, load_script):
+    bench = load_script("bench_overhead")
     out = tmp_path / "overhead.csv"
     assert bench.main(["--tiny", "--shapes", "tiny-64", "--settings", "lse topk=0.5", "--finite", "immediate",
                        "deferred", "--out", str(out)]) == 0

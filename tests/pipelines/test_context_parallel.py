@@ -15,6 +15,7 @@ What the two-process test shows, per rank:
       and both text chunks are kept.
 """
 
+import contextlib
 import os
 import socket
 
@@ -44,6 +45,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _gloo_group(rank: int, port: int):
+    """This process as ``rank`` of a ``WORLD``-process gloo group on the CPU, torn down on exit."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
 def _max_rel(out, ref):
     return float((out - ref).abs().max() / ref.abs().max())
 
@@ -51,7 +66,7 @@ def _max_rel(out, ref):
 class _Spy:
     """Records the q that `sparge_attn` gets (``[B, S, H, D]``, BSHD) in each call."""
 
-    def __init__(self, monkey):
+    def __init__(self):
         import sparge_diffusers.sparse_call as sparse_call
 
         self.module, self.original, self.q, self.keep = sparse_call, sparse_call.sparge_attn, [], []
@@ -74,15 +89,10 @@ def _forward(transformer, inputs):
 
 
 def _worker(rank, port):
-    import torch.distributed as dist
-
     from sparge_diffusers.parallel import _enable_on_cpu, enable_context_parallel
     from sparge_diffusers.token_order import BoundaryOrder
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
+    with _gloo_group(rank, port):
         n = GRID[0] * GRID[1] * GRID[2]
         single = tiny_transformer("wan", num_layers=1)
         parallel = tiny_transformer("wan", num_layers=1)
@@ -92,7 +102,7 @@ def _worker(rank, port):
 
         # single process: stock, row-major q, Hilbert q and the Sparge output
         ref = _forward(single, inputs)
-        spy = _Spy(None)
+        spy = _Spy()
         apply_sparge(single, SpargeConfig(topk=1.0, sim_threshold=None, precision="bf16", reorder="none"))
         _forward(single, inputs)
         q_rowmajor = spy.q[-1]
@@ -137,8 +147,6 @@ def _worker(rank, port):
         assert get_sparge_context(own).current.permutation is None
         assert _max_rel(out_own, ref) < 1e-2
         spy.close()
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -151,14 +159,9 @@ FLUX_GRID = (32, 24)  # 768 image tokens + 16 text: [8 text, 384 image] per rank
 
 
 def _flux_worker(rank, port):
-    import torch.distributed as dist
-
     from sparge_diffusers.parallel import enable_context_parallel
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
+    with _gloo_group(rank, port):
         single = tiny_transformer("flux", num_layers=1)
         parallel = tiny_transformer("flux", num_layers=1)
         inputs = transformer_inputs(single, FLUX_GRID)
@@ -166,7 +169,7 @@ def _flux_worker(rank, port):
         heads = single.config.num_attention_heads
         mine = slice(rank * heads // WORLD, (rank + 1) * heads // WORLD)
         ref = _forward(single, inputs)
-        spy = _Spy(None)
+        spy = _Spy()
         apply_sparge(single, SpargeConfig(topk=1.0, sim_threshold=None, precision="bf16", reorder="hilbert"))
         _forward(single, inputs)
         q_curve = spy.q[0]  # the double-stream block: [txt, img in curve order]
@@ -189,8 +192,6 @@ def _flux_worker(rank, port):
         apply_sparge(parallel, SpargeConfig(topk=1.0, sim_threshold=None, precision="bf16"))
         assert _max_rel(_forward(parallel, inputs), ref) < 1e-2
         spy.close()
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
