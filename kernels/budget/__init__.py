@@ -79,11 +79,12 @@ def budget_drop_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probs: t
         if reason is not None and q.is_cuda:
             logger.debug("error budget measured in PyTorch: %s", reason)
         implementation = "naive" if reason is not None else "triton"
+    elif implementation == "triton":
+        reason = triton_budget_unsupported(q, k, v, block_n)
+        if reason is not None:
+            raise ValueError(f"implementation='triton': {reason}")
     if implementation == "naive":
         return naive_budget_drop_mass(q, k, v, probs, low_precision=low_precision, **common)
-    reason = triton_budget_unsupported(q, k, v, block_n)
-    if reason is not None:
-        raise ValueError(f"implementation='triton': {reason}")
     from .kernel import budget_drop_mass_fwd
 
     return budget_drop_mass_fwd(q, k, v, probs, **common, **triton_options)
