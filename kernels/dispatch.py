@@ -3,7 +3,7 @@
 Launch sequence for one call (q, k, v ``[B, H, S, D]``, any strides):
     1. `quantize.prepare_fwd` (three launches): INT8 Q and K, FP8 V (transposed; an FP16 copy of V on GPUs without
        FP8), and the predictor's block statistics (pooled means and self-similarities, or the "lse" block
-       log-masses);
+       log-masses; for "mixed" mixed with the exact block masses of sampled query rows, two more launches);
     2. `predict.select_blocks_fwd`: the kept-block list (after one small matmul of the pooled means for "sparge");
     3. `block_sparse_attn.block_sparse_attn_fwd`.
 The whole sequence is registered as the custom op ``sparge_diffusers::sparge_attention`` with a fake (meta)
@@ -21,6 +21,7 @@ import torch
 from ._lazy import triton_device_reason
 from .budget import budget_drop_mass
 from .geometry import block_token_counts, num_blocks
+from .predict.naive import check_predictor
 from .selection import MODE_CDF, MODE_TOPK, Selection
 
 KERNEL_HEAD_DIMS = (64, 128)
@@ -134,15 +135,15 @@ def sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_thr
 
     ``keep_ranges`` is flat (``[start0, end0, start1, end1, ...]``), as the op takes it.
 
-    Selection follows `reference.naive_sparge_attention` through the same `selection.Selection`. Both predictors run
+    Selection follows `reference.naive_sparge_attention` through the same `selection.Selection`. The predictors run
     in Triton: ``"sparge"`` as pooled scores + `predict.select_blocks_fwd`, ``"lse"`` as the block log-masses of
-    `quantize.prepare_fwd` (ground truth `predict.naive.naive_lse_block_logits`) + the same selection kernel. The
+    `quantize.prepare_fwd` (ground truth `predict.naive.naive_lse_block_logits`) + the same selection kernel,
+    ``"mixed"`` as those log-masses mixed with sampled exact rows (`predict.kernel.mixed_block_logits_fwd`). The
     error budget measures its per-head drop masses on sampled exact rows (`budget.budget_drop_mass`: four Triton
     launches on CUDA, `budget.kernel`) from the predicted block masses, unless ``drop_mass`` gives them.
     """
     quantize, predict, attn = _kernel_modules()
-    if predictor not in ("sparge", "lse", "full"):
-        raise ValueError(f"predictor must be 'sparge', 'lse' or 'full', got {predictor!r}")
+    check_predictor(predictor)
     ranges = list(zip(keep_ranges[0::2], keep_ranges[1::2]))
     b, h, sq, d = q.shape
     sk = k.shape[2]
@@ -150,9 +151,12 @@ def sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_thr
     quantized = precision != "bf16"
     pv_mode = _pv_mode(precision, q.device)
     use_fp8 = quantized and pv_mode == attn.PV_FP8
-    stats = "none" if keeps_all else ("lse" if predictor == "lse" else "pooled")
+    stats = "none" if keeps_all else ("pooled" if predictor == "sparge" else "lse")
     prepared = quantize.prepare_fwd(q, k, v, block_m=block_m, block_n=block_n, quantize_qk=quantized, v_fp8=use_fp8,
                                     stats=stats, q_scale_mult=scale * attn.LOG2E, softmax_scale=scale)
+    if predictor == "mixed" and not keeps_all:
+        prepared = prepared._replace(block_logits=predict.mixed_block_logits_fwd(
+            prepared.block_logits, q, k, block_m=block_m, block_n=block_n, scale=scale))
     common = dict(seq_len_q=sq, seq_len_k=sk, block_m=block_m, block_n=block_n, scale=scale, keep_ranges=ranges)
     used_drop = _no_drop(b, h, q.device)
     if keeps_all:
@@ -204,7 +208,7 @@ def _no_drop(b: int, h: int, device) -> torch.Tensor:
 def _budget(q, k, v, prepared, predictor, target_error, scale, ranges, sim_threshold, block_m, block_n):
     """Per-head drop masses of the error budget from the predicted block masses of `quantize.prepare_fwd`."""
     sq, sk = q.shape[2], k.shape[2]
-    if predictor == "lse":
+    if predictor != "sparge":  # lse, or the mixed log-masses
         probs = torch.softmax(prepared.block_logits, dim=-1)
     else:
         counts = block_token_counts(sk, block_n, q.device)

@@ -31,9 +31,11 @@ from .budget import budget_drop_mass
 from .evaluation import cosine_similarity, naive_block_mass, naive_ideal_block_mask, relative_l1
 from .geometry import block_token_counts, blocks_touching, num_blocks
 from .predict.naive import (
+    check_predictor,
     naive_block_mean,
     naive_block_self_similarity,
     naive_forced_blocks,
+    naive_mixed_block_probs,
     naive_pooled_scores,
     naive_predict_block_mask,
     naive_predict_block_mask_lse,
@@ -67,7 +69,8 @@ def naive_sparge_attention(
 
     Args:
         predictor: ``"sparge"`` (`naive_predict_block_mask`), ``"lse"`` (`naive_predict_block_mask_lse`;
-            ``sim_threshold`` unused) or ``"full"``.
+            ``sim_threshold`` unused), ``"mixed"`` (`naive_mixed_block_probs` ranked as lse ranks its masses) or
+            ``"full"``.
         target_error, topk, cdf_threshold: the selection rule, resolved by `selection.resolve_selection` (ε first,
             then top-k, then τ). With ε the least massive blocks are dropped up to a per-(batch, head) drop mass
             that `budget.budget_drop_mass` measures on sampled exact rows; ``drop_mass`` (fp32 ``[B, H]``) gives
@@ -78,8 +81,7 @@ def naive_sparge_attention(
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     used = torch.full(q.shape[:2], float("nan"), device=q.device)
-    if predictor not in ("sparge", "lse", "full"):
-        raise ValueError(f"predictor must be 'sparge', 'lse' or 'full', got {predictor!r}")
+    check_predictor(predictor)
     selection = resolve_selection(predictor=predictor, topk=topk, cdf_threshold=cdf_threshold,
                                   target_error=target_error)
     if selection.keeps_all:
@@ -95,6 +97,13 @@ def naive_sparge_attention(
             topk=selection.value if selection.rule == "topk" else None,
             drop_mass=selection.fixed_drop_mass(), keep_ranges=keep_ranges,
         )
+    elif predictor == "mixed":
+        probs = naive_mixed_block_probs(q, k, block_m=block_m, block_n=block_n, scale=scale)
+        forced_rows, forced_cols = naive_forced_blocks(q, k, block_m=block_m, block_n=block_n,
+                                                       keep_ranges=keep_ranges)
+        block_mask = naive_select_blocks(probs, forced_rows, forced_cols,
+                                         topk=selection.value if selection.rule == "topk" else None,
+                                         drop_mass=selection.fixed_drop_mass())
     else:
         block_mask = naive_predict_block_mask(
             q, k, block_m=block_m, block_n=block_n, scale=scale,

@@ -63,6 +63,41 @@ def _ladder_steps(a: torch.Tensor, b: torch.Tensor, ladder) -> int:
     return max(abs(index(x) - index(y)) for x, y in zip(a.flatten().tolist(), b.flatten().tolist()))
 
 
+def _reusing_guard(q, k, drop):
+    """A `BudgetGuard` that reuses ``drop`` for every later call of this shape (agreeing updates double the
+    interval: 31 of them put the next measurement 2^31 calls away)."""
+    from sparge_diffusers.budget_guard import BudgetGuard
+
+    guard = BudgetGuard(max_interval=1 << 31)
+    key = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    for _ in range(32):
+        guard.update(key, drop)
+    return guard
+
+
+def _stage_times(bench, q, k, v, probs, forced, scale) -> dict:
+    """The Triton measurement's four launches timed one by one (`kernels.budget.kernel`, default settings)."""
+    from sparge_diffusers.kernels.budget import GUARD_ROWS
+    from sparge_diffusers.kernels.budget import kernel as K
+
+    groups = q.shape[0] * q.shape[1]
+    nq, nk = probs.shape[-2:]
+    index, block = K.sampled_rows(q.shape[2], 128, GUARD_ROWS, q.device)
+    flat = probs.reshape(groups, nq, nk)
+    fr, fc = K._per_head(forced, groups, nq), K._per_head(forced, groups, nk)
+    ladder = K._ladder(q.device)
+    m, z, u = K.budget_partials_fwd(q, k, v, index, scale=scale, block_n=128)
+    bucket = K.budget_buckets_fwd(flat, block, fr, fc, ladder)
+    err = torch.empty((groups, index.numel(), ladder.numel()), dtype=torch.float32, device=q.device)
+    ref_norm = torch.empty((groups, index.numel()), dtype=torch.float32, device=q.device)
+    return dict(
+        partials=bench(lambda: K.budget_partials_fwd(q, k, v, index, scale=scale, block_n=128)),
+        buckets=bench(lambda: K.budget_buckets_fwd(flat, block, fr, fc, ladder)),
+        errors=bench(lambda: K.budget_drop_errors_fwd(m, z, u, bucket, ladder.numel(), err, ref_norm)),
+        choose=bench(lambda: K.budget_choose_fwd(err, ref_norm, ladder, 0.0375)),
+        softmax=bench(lambda: torch.softmax(probs, dim=-1)))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
@@ -81,7 +116,6 @@ def main(argv=None) -> int:
 
     from sparge_diffusers import SpargeConfig, sparge_attn  # noqa: E402
     from sparge_diffusers import attention_families as F  # noqa: E402
-    from sparge_diffusers.budget_guard import BudgetGuard  # noqa: E402
     from sparge_diffusers.kernels.budget import DROP_MASS_LADDER, budget_drop_mass  # noqa: E402
     from sparge_diffusers.kernels.geometry import blocks_touching  # noqa: E402
     from sparge_diffusers.kernels.predict.naive import naive_lse_block_probs  # noqa: E402
@@ -116,6 +150,7 @@ def main(argv=None) -> int:
             call = (lambda e=extra: budget_drop_mass(q, k, v, probs, **guard_args, **e))
             drops[label] = call()
             timed[label] = bench(call)
+        stages = _stage_times(bench, q, k, v, probs, fr, scale)
         row = dict(gpu=name_gpu, torch=torch.__version__, triton=triton.__version__, shape=name, seq_len=seq,
                    heads=heads, head_dim=dim, batch=q.shape[0], eps=args.eps, cudnn_ms=round(dense, 4),
                    guard_naive_ms=round(timed["naive"], 4), guard_triton_ms=round(timed["triton"], 4),
@@ -129,21 +164,30 @@ def main(argv=None) -> int:
                    heads_equal=round(float((drops["triton"] == drops["naive"]).float().mean()), 4),
                    heads_equal_bf16=round(float((drops["triton_bf16"] == drops["naive"]).float().mean()), 4),
                    max_rung_diff=max(_ladder_steps(drops[label], drops["naive"], DROP_MASS_LADDER)
-                                     for label in VARIANTS))
+                                     for label in VARIANTS),
+                   **{f"stage_{key}_ms": round(value, 4) for key, value in stages.items()})
         if not args.skip_calls:
             config = SpargeConfig(target_error=args.eps, keep_token_ranges=keep, check_finite=False,
                                   speed_rule="sparse")
             measured_ms = bench(lambda: sparge_attn(q, k, v, config=config))
-            guard = BudgetGuard(max_interval=1 << 30)
-            _, stats = sparge_attn(q, k, v, config=config, guard=guard, return_stats=True)
-            guard.update(q.shape[:2], stats.drop_mass)
-            guard.interval = 1 << 30  # reuse from now on
+            _, stats = sparge_attn(q, k, v, config=config, return_stats=True)
+            guard = _reusing_guard(q, k, stats.drop_mass)
             reused_ms = bench(lambda: sparge_attn(q, k, v, config=config, guard=guard))
-            topk_ms = bench(lambda: sparge_attn(q, k, v, config=config.replace(topk=0.5)))
+            topk = SpargeConfig(topk=0.5, keep_token_ranges=keep, check_finite=False, speed_rule="sparse")
+            topk_ms = bench(lambda: sparge_attn(q, k, v, config=topk))
+            # the "mixed" predictor (lse + 4 sampled exact rows per block): top-k 0.5, and ε with reused drop masses
+            mixed_topk_ms = bench(lambda: sparge_attn(q, k, v, config=topk.replace(predictor="mixed")))
+            mixed = config.replace(predictor="mixed")
+            _, mixed_stats = sparge_attn(q, k, v, config=mixed, return_stats=True)
+            mixed_guard = _reusing_guard(q, k, mixed_stats.drop_mass)
+            mixed_reused_ms = bench(lambda: sparge_attn(q, k, v, config=mixed, guard=mixed_guard))
             row.update(sparsity=round(stats.mean_sparsity, 4), backend=stats.backend,
                        budget_measured_ms=round(measured_ms, 4), budget_reused_ms=round(reused_ms, 4),
                        topk05_ms=round(topk_ms, 4), x_cudnn_measured=round(dense / measured_ms, 3),
-                       x_cudnn_reused=round(dense / reused_ms, 3))
+                       x_cudnn_reused=round(dense / reused_ms, 3), mixed_topk05_ms=round(mixed_topk_ms, 4),
+                       mixed_extra_share=round((mixed_topk_ms - topk_ms) / dense, 4),
+                       mixed_sparsity=round(mixed_stats.mean_sparsity, 4),
+                       mixed_reused_ms=round(mixed_reused_ms, 4))
         rows.append(row)
         print(row, flush=True)
     with open(args.out, "w", newline="") as handle:

@@ -40,7 +40,7 @@ for part in "$@"; do
     budget-tests) timeout "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -m gpu tests/kernels/test_triton_gpu.py \
                     -k "budget or lse_predictor" -p no:cacheprovider > "$log" 2>&1 ;;
     budget-eval) python3 scripts/eval_budget.py --device cuda --heads "${HEADS:-6}" --frame-cache .gpu/frames.pt \
-                   ${CAPTURED:+--captured $CAPTURED} --out "$OUT/budget_eval_h200.csv" > "$log" 2>&1 ;;
+                   ${CAPTURED:+--captured $CAPTURED} ${EVAL_ARGS:-} --out "$OUT/budget_eval_h200.csv" > "$log" 2>&1 ;;
     *) echo "unknown part $part"; continue ;;
   esac
   echo "== $part: rc=$? in $(( $(date +%s) - start )) s"

@@ -33,7 +33,7 @@ from sparge_diffusers import video_inputs
 from sparge_diffusers.hilbert import TokenPermutation
 from sparge_diffusers.kernels import evaluation as E
 from sparge_diffusers.kernels.budget import DROP_MASS_LADDER, budget_drop_mass
-from sparge_diffusers.kernels.predict.naive import (naive_forced_blocks, naive_mixed_block_probs,
+from sparge_diffusers.kernels.predict.naive import (naive_forced_blocks,
                                                     naive_predicted_block_probs, naive_sampled_rows_block_probs)
 from sparge_diffusers.kernels.selection import naive_select_blocks
 
@@ -84,12 +84,10 @@ def ordered(q, k, v, geo, order):
 
 
 def block_probs(predictor, q, k, block, scale):
-    """Block masses to rank by: the two `SpargeConfig` predictors, or a candidate (``rows4``: 4 exact sampled rows
-    per block; ``mixed``: the mean of lse and rows4, `naive_mixed_block_probs`)."""
+    """Block masses to rank by: a `SpargeConfig` predictor (``lse``, ``sparge``, ``mixed``: the mean of lse and
+    rows4, `naive_mixed_block_probs`), or ``rows4`` (4 exact sampled rows per block alone)."""
     if predictor == "rows4":
         return naive_sampled_rows_block_probs(q, k, block_m=block, block_n=block, scale=scale, rows=4)
-    if predictor == "mixed":
-        return naive_mixed_block_probs(q, k, block_m=block, block_n=block, scale=scale)
     return naive_predicted_block_probs(predictor, q, k, block_m=block, block_n=block, scale=scale)
 
 

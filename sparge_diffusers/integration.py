@@ -38,6 +38,7 @@ from .family import family_for
 from .geometry import ForwardGeometry, SpargeGeometry
 from .processor import SpargeProcessor
 from .run_stats import SpargeRunStats
+from .speed_rule import prime_capability
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,9 @@ def apply_sparge(pipe_or_transformer, config: Optional[SpargeConfig] = None, *,
     context.pair_masks = family.pair_masks
     head_dim = getattr(getattr(transformer, "config", None), "attention_head_dim", None)
     context.head_dim = head_dim if isinstance(head_dim, int) else None
+    parameter = next(transformer.parameters(), None)
+    if parameter is not None:
+        prime_capability(parameter.device)  # eagerly: a compiled forward then only looks the GPU class up
     layers = family.attention_layers(transformer)
     member = None
     if family.uses_dispatch:

@@ -51,14 +51,25 @@ class SpargeProcessor:
         self.layer_index = layer_index
         self.name = name
         self._stock = {}
+        # One LayerCall per attention layer for the processor's life, so that its BudgetGuard carries the drop masses
+        # across calls, and none is created while torch.compile traces (a graph break at every layer): made here
+        # when apply_sparge gives the layer, else on a layer's first call.
+        self._layer = LayerCall(context, layer_index, name) if layer_index is not None else None
+        self._layers = {}
 
     @property
     def config(self) -> SpargeConfig:
         return self.context.config
 
     def layer(self, attn) -> LayerCall:
-        index = self.layer_index if self.layer_index is not None else self.context.layer_index(attn)
-        return LayerCall(self.context, index, self.name)
+        """The `LayerCall` of ``attn``: the one given at construction, else one per module (standalone processors
+        shared by several layers), made on the module's first call."""
+        if self._layer is not None:
+            return self._layer
+        call = self._layers.get(id(attn))
+        if call is None:
+            call = self._layers[id(attn)] = LayerCall(self.context, self.context.layer_index(attn), self.name)
+        return call
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None,
                  **kwargs):

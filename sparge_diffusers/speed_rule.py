@@ -34,43 +34,65 @@ SPEED_RULES = ("auto", "sparse")
 _TABLE_DIR = os.path.join(os.path.dirname(__file__), "crossover")
 
 
-# memoized in dicts, not functools.lru_cache: torch.compile traces the speed rule and warns about lru_cache wrappers
-_MEASUREMENTS: Dict[str, Optional[dict]] = {}
-_TABLES: Dict[str, Optional[Dict[int, List[Tuple[int, Optional[float]]]]]] = {}
+def _load_measurements() -> Dict[str, dict]:
+    data = {}
+    for name in sorted(os.listdir(_TABLE_DIR)):
+        if name.endswith(".json"):
+            with open(os.path.join(_TABLE_DIR, name)) as handle:
+                data[name[:-len(".json")]] = json.load(handle)
+    return data
+
+
+def _table_of(data: dict) -> Dict[int, List[Tuple[int, Optional[float]]]]:
+    return {int(d): sorted((int(s), None if w is None else float(w)) for s, w in entries)
+            for d, entries in data["min_sparsity"].items()}
+
+
+# Read once at import, not at the first call: torch.compile traces the speed rule, and a file read inside the trace
+# is a graph break (a transformer compiled before any eager call broke its graph at the first attention layer).
+_MEASUREMENTS: Dict[str, dict] = _load_measurements()
+_TABLES: Dict[str, Dict[int, List[Tuple[int, Optional[float]]]]] = {
+    capability: _table_of(data) for capability, data in _MEASUREMENTS.items()}
 
 
 def _measurements(capability: str) -> Optional[dict]:
     """The committed measurement file of a GPU class (``crossover/<capability>.json``), or None."""
-    if capability not in _MEASUREMENTS:
-        path = os.path.join(_TABLE_DIR, f"{capability}.json")
-        data = None
-        if os.path.exists(path):
-            with open(path) as handle:
-                data = json.load(handle)
-        _MEASUREMENTS[capability] = data
-    return _MEASUREMENTS[capability]
+    return _MEASUREMENTS.get(capability)
+
+
+# GPU class per CUDA device index, read once per device (`prime_capability`): a capability query traced by
+# torch.compile stays in the graph and runs at every forward.
+_CAPABILITIES: Dict[int, str] = {}
+
+
+def prime_capability(device) -> None:
+    """Record the GPU class of a CUDA ``device`` now (eagerly), so that compiled forwards only look it up."""
+    device = device if isinstance(device, torch.device) else torch.device(device)
+    if device.type == "cuda" and not torch.compiler.is_compiling():
+        _capability_for(device)
 
 
 def _capability_for(device: torch.device) -> str:
     """The GPU class whose measurements apply to ``device``: its own, else sm90 (H100/H200; logged once)."""
-    major, minor = torch.cuda.get_device_capability(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    known = _CAPABILITIES.get(index)
+    if known is not None:
+        return known
+    major, minor = torch.cuda.get_device_capability(index)
     capability = f"sm{major}{minor}"
     if _measurements(capability) is None:
-        log_once(logger, f"crossover:{capability}", "speed_rule: no crossover table for %s; using the sm90 "
-                 "(H100/H200) table", capability, level=logging.INFO)
-        return "sm90"
+        if not torch.compiler.is_compiling():  # logging inside a trace is a graph break
+            log_once(logger, f"crossover:{capability}", "speed_rule: no crossover table for %s; using the sm90 "
+                     "(H100/H200) table", capability, level=logging.INFO)
+        capability = "sm90"
+    _CAPABILITIES[index] = capability
     return capability
 
 
 def crossover_table(capability: str) -> Optional[Dict[int, List[Tuple[int, Optional[float]]]]]:
     """``{head_dim: [(seq_len, least winning sparsity or None), ...]}`` measured on a GPU class (``"sm90"``), or None
     when no table was measured for it."""
-    if capability not in _TABLES:
-        data = _measurements(capability)
-        _TABLES[capability] = None if data is None else {
-            int(d): sorted((int(s), None if w is None else float(w)) for s, w in entries)
-            for d, entries in data["min_sparsity"].items()}
-    return _TABLES[capability]
+    return _TABLES.get(capability)
 
 
 def _measured_budget_min_len(capability: str) -> Optional[int]:
@@ -134,5 +156,5 @@ def should_go_dense(q: torch.Tensor, k: torch.Tensor, config) -> bool:
     return dense_for(q.device, q.shape[-1], k.shape[-2], config)
 
 
-__all__ = ["SPEED_RULES", "crossover_table", "dense_by_table", "dense_for", "least_winning_sparsity",
+__all__ = ["SPEED_RULES", "crossover_table", "prime_capability", "dense_by_table", "dense_for", "least_winning_sparsity",
            "measuring_budget_loses", "should_go_dense", "sparse_can_win"]

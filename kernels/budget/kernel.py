@@ -68,10 +68,11 @@ def _budget_partials_fwd_kernel(
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
     H, R, NK, SK, D, bh_start, qk_scale,
-    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, WITH_VALUES: tl.constexpr,
 ):
     # q: [B, H, SQ, D], k, v: [B, H, SK, D] (any strides); rows: int32 [R] sampled query rows;
-    # m, z: fp32 [G, R, NK] (m in natural-log units); u: [G, R, NK, D] fp32 or bf16; qk_scale = scale · log2 e.
+    # m, z: fp32 [G, R, NK] (m in natural-log units); u: [G, R, NK, D] fp32 or bf16 (not written without
+    # WITH_VALUES); qk_scale = scale · log2 e.
     pid_r = tl.program_id(0)
     pid_g = tl.program_id(1)
     bh = bh_start + pid_g
@@ -98,13 +99,14 @@ def _budget_partials_fwd_kernel(
         m = tl.max(s, 1)  # [BLOCK_R]
         p = tl.math.exp2(s - m[:, None])  # [BLOCK_R, BLOCK_N]
         z = tl.sum(p, 1)
-        v = tl.load(v_base + cols[:, None] * stride_vs, mask=c_valid[:, None] & d_valid[None, :],
-                    other=0.0)  # [BLOCK_N, BLOCK_D]
-        u = tl.dot(p.to(v.dtype), v)  # [BLOCK_R, BLOCK_D] fp32
         tl.store(M + out_rows * NK + kb, m * 0.6931471805599453, mask=r_valid)
         tl.store(Z + out_rows * NK + kb, z, mask=r_valid)
-        tl.store(U + (out_rows[:, None] * NK + kb) * D + offs_d[None, :], u.to(U.dtype.element_ty),
-                 mask=r_valid[:, None] & d_valid[None, :])
+        if WITH_VALUES:
+            v = tl.load(v_base + cols[:, None] * stride_vs, mask=c_valid[:, None] & d_valid[None, :],
+                        other=0.0)  # [BLOCK_N, BLOCK_D]
+            u = tl.dot(p.to(v.dtype), v)  # [BLOCK_R, BLOCK_D] fp32
+            tl.store(U + (out_rows[:, None] * NK + kb) * D + offs_d[None, :], u.to(U.dtype.element_ty),
+                     mask=r_valid[:, None] & d_valid[None, :])
 
 
 @triton.jit
@@ -251,12 +253,15 @@ def _pow2(x: int) -> int:
 def budget_partials_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, *, scale: float,
                         block_n: int, partials_dtype: torch.dtype = torch.float32, bh_start: int = 0,
                         bh_count: Optional[int] = None, block_r: int = BLOCK_R, num_warps: int = 4,
-                        num_stages: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        num_stages: Optional[int] = None, values: bool = True,
+                        ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Per-key-block softmax partials of the sampled rows, each block shifted by its own max.
 
     Args:
         q: ``[B, H, Sq, D]``; k, v: ``[B, H, Sk, D]`` (any strides, one float dtype); rows: int32 ``[R]``.
         bh_start, bh_count: the batch·heads of this launch (all by default).
+        values: False computes ``m`` and ``z`` only (no P·V; ``v`` is not read and ``u`` is None): the block
+            masses of the rows, as the ``"mixed"`` predictor needs them (`predict.kernel.sampled_rows_block_probs_fwd`).
         block_r, num_warps, num_stages: launch settings (sampled rows per program, a power of two >= 16; None
             stages: two while a K and a V tile take at most 128 KiB, else one. Compiled for sm90, bf16 at head dim
             128 takes 143 KiB of shared memory with three stages (one program per SM), about half with two).
@@ -272,13 +277,16 @@ def budget_partials_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows:
     g = b * h - bh_start if bh_count is None else bh_count
     m = torch.empty((g, r, nk), dtype=torch.float32, device=q.device)
     z = torch.empty_like(m)
-    u = torch.empty((g, r, nk, d), dtype=partials_dtype, device=q.device)
+    u = torch.empty((g, r, nk, d), dtype=partials_dtype, device=q.device) if values else None
     block_d = _pow2(d)
     if num_stages is None:
-        num_stages = 2 if 2 * block_n * block_d * q.element_size() <= (128 << 10) else 1
+        tiles = 2 if values else 1
+        num_stages = 2 if tiles * block_n * block_d * q.element_size() <= (128 << 10) else 1
     _budget_partials_fwd_kernel[(triton.cdiv(r, block_r), g)](
-        q, k, v, rows, m, z, u, *q.stride(), *k.stride(), *v.stride(), h, r, nk, sk, d, bh_start, scale * LOG2E,
-        BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps, num_stages=num_stages,
+        q, k, v, rows, m, z, m if u is None else u, *q.stride(), *k.stride(), *v.stride(), h, r, nk, sk, d,
+        bh_start, scale * LOG2E,
+        BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_D=block_d, WITH_VALUES=values, num_warps=num_warps,
+        num_stages=num_stages,
     )
     return m, z, u
 

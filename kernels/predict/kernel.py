@@ -7,6 +7,10 @@ It applies the softmax over key blocks, the self-similarity test θ and the alwa
 TopCdf τ (SpargeAttn, arXiv 2502.18137, Sec. 3.2) or a dropped-mass budget with a bitonic sort in registers, and
 writes the kept indices in ascending order. Ground truth: `naive.naive_predict_block_mask`,
 `naive.naive_predict_block_mask_lse`.
+
+The ``"mixed"`` predictor adds the exact block masses of a few sampled query rows per block
+(`sampled_rows_block_probs_fwd`: the budget's row-partials kernel without its P·V, then a softmax over key blocks)
+to the lse masses (`mixed_block_logits_fwd`; ground truth `naive.naive_mixed_block_probs`).
 """
 
 from __future__ import annotations
@@ -18,11 +22,22 @@ import torch
 import triton
 import triton.language as tl
 
-from ..geometry import blocks_touching
+from ..budget.kernel import budget_partials_fwd
+from ..geometry import blocks_touching, num_blocks
 from ..lut import lut_from_mask
 from ..selection import MODE_CDF, MODE_DROP_MASS, MODE_TOPK
+from .naive import MIXED_ROWS, MIXED_WEIGHT, block_sample_rows
 
-__all__ = ["forced_blocks", "lse_block_logits_fwd", "lut_from_mask", "select_blocks_fwd"]
+__all__ = ["forced_blocks", "lse_block_logits_fwd", "lut_from_mask", "mixed_block_logits_fwd",
+           "sampled_rows_block_probs_fwd", "select_blocks_fwd"]
+
+# The sampled rows' block partials of one launch stay below this many bytes (heads are chunked beyond it).
+MAX_SAMPLED_BYTES = 256 << 20
+# Launch settings of the sampled rows' partials per kernel head dim: (rows per program, warps, stages), the fastest
+# of 16 variants on an H200 (`scripts/bench_sampled_rows.py`, benchmarks/results/sampled_rows_h200.csv): at
+# CogVideoX-2b length 0.43 ms (3.8% of dense cuDNN) against 0.97 ms for (16, 4, 1); at Mochi 2.53 ms (3.0%)
+# against 8.31 ms. All variants gave the same masses (max difference 4e-7).
+SAMPLED_LAUNCH = {64: (64, 4, 2), 128: (128, 8, 2)}
 
 # Up to this many key blocks (padded to a power of two) the selection kernel computes its own row of pooled scores
 # instead of reading the output of a separate batched matmul. H200, Flux at 1024² (36 key blocks): 6.0 µs for the
@@ -264,3 +279,50 @@ def select_blocks_fwd(
         num_warps=num_warps or (1 if nk_pad <= 512 else (4 if nk_pad <= 1024 else 8)),
     )
     return lut, counts
+
+
+@functools.lru_cache(maxsize=64)
+def _sample_rows_cached(seq_len_q: int, block_m: int, rows: int, device) -> torch.Tensor:
+    return block_sample_rows(seq_len_q, block_m, rows).to(device=device, dtype=torch.int32)
+
+
+def sampled_rows_block_probs_fwd(q: torch.Tensor, k: torch.Tensor, *, block_m: int, block_n: int, scale: float,
+                                 rows: int = MIXED_ROWS, out: Optional[torch.Tensor] = None,
+                                 max_bytes: int = MAX_SAMPLED_BYTES, block_r: Optional[int] = None,
+                                 num_warps: Optional[int] = None, num_stages: Optional[int] = None) -> torch.Tensor:
+    """`naive.naive_sampled_rows_block_probs` on the GPU: fp32 ``[B, H, NQ, NK]``, rows summing to 1.
+
+    The budget's row-partials kernel (`budget.kernel.budget_partials_fwd` without P·V) gives each sampled row's
+    per-key-block maxima ``m`` and sums ``z``; the row's block masses are ``softmax_j(m_j + log z_j)``, averaged
+    over the ``rows`` rows of each query block. Heads are processed in chunks whose partials stay below
+    ``max_bytes``. ``out`` (fp32 ``[B, H, NQ, NK]``) receives the result when given. ``block_r``, ``num_warps``,
+    ``num_stages``: launch settings (None: `SAMPLED_LAUNCH` for the head dim).
+    """
+    b, h, sq, d = q.shape
+    nq, nk = num_blocks(sq, block_m), num_blocks(k.shape[2], block_n)
+    default_r, default_warps, default_stages = SAMPLED_LAUNCH[64 if d <= 64 else 128]
+    index = _sample_rows_cached(sq, block_m, rows, q.device)
+    r = index.numel()
+    probs = torch.empty((b, h, nq, nk), dtype=torch.float32, device=q.device) if out is None else out
+    flat = probs.view(b * h, nq, nk)
+    chunk = max(1, min(b * h, max_bytes // (r * nk * 8)))
+    for g0 in range(0, b * h, chunk):
+        count = min(chunk, b * h - g0)
+        m, z, _ = budget_partials_fwd(q, k, k, index, scale=scale, block_n=block_n, bh_start=g0, bh_count=count,
+                                      values=False, block_r=block_r or default_r,
+                                      num_warps=num_warps or default_warps,
+                                      num_stages=num_stages or default_stages)
+        masses = torch.softmax(m.add_(z.log_()), dim=-1)  # [G, NQ*rows, NK]
+        torch.mean(masses.view(count, nq, rows, nk), dim=2, out=flat[g0:g0 + count])
+    return probs
+
+
+def mixed_block_logits_fwd(block_logits: torch.Tensor, q: torch.Tensor, k: torch.Tensor, *, block_m: int,
+                           block_n: int, scale: float, rows: int = MIXED_ROWS,
+                           weight: float = MIXED_WEIGHT) -> torch.Tensor:
+    """Block log-masses of the ``"mixed"`` predictor from the lse ones: fp32 ``[B, H, NQ, NK]``,
+    ``log(weight · softmax(block_logits) + (1 − weight) · sampled)`` (`naive.naive_mixed_block_probs`), which the
+    selection kernel takes as it takes the lse logits (its softmax gives back the mixed masses)."""
+    sampled = sampled_rows_block_probs_fwd(q, k, block_m=block_m, block_n=block_n, scale=scale, rows=rows)
+    mixed = torch.softmax(block_logits, dim=-1).mul_(weight).add_(sampled, alpha=1.0 - weight)
+    return mixed.log_()

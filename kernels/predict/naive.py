@@ -19,6 +19,12 @@ key block ``j``, averaged over the rows, the quantity the ideal selector ranks b
   the keys is exact. Cost: two ``[NQ, D] x [D, Sk]`` matmuls per head, ``2·Sq·Sk·D / block_m`` multiply-adds,
   i.e. ``1 / block_m`` of dense attention's ``4·Sq·Sk·D`` FLOPs (0.8% at block_m = 128), plus ``Sq·Sk / block_m``
   exponentials.
+- ``"mixed"``: ``MIXED_WEIGHT · lse + (1 − MIXED_WEIGHT) · sampled``, where *sampled* is the exact block mass of
+  ``MIXED_ROWS`` evenly spaced query rows of each block (`naive_sampled_rows_block_probs`). The lse estimate scores
+  each block's mean query, so it misranks blocks whose queries attend to different places (local windows, temporal
+  diagonals, hub keys); a few exact rows see those places. Weight and row count were fixed before the evaluation
+  (`predictor_eval.md`, `budget_eval.md`), not tuned on it. Cost on top of lse: ``MIXED_ROWS / block_m`` of dense
+  attention's Q·Kᵀ and its exponentials (3% of the Q·Kᵀ at block_m = 128), no P·V.
 
 Stage 1 of the paper (Sec. 3.2-3.3): mean-pool each block of Q and K, measure each block's self-similarity (mean
 pairwise cosine similarity), score blocks with softmax(q̄ k̄ᵀ · scale), and keep key blocks by top-k or TopCdf (τ).
@@ -35,6 +41,33 @@ from ..geometry import block_token_counts, blocks_touching, num_blocks, split_bl
 from ..selection import naive_select_blocks, naive_select_cdf, naive_select_topk, topk_block_count
 
 _EPS = 1e-12
+
+# Stage-1 predictors a setting can name (``"full"`` keeps every block).
+PREDICTORS = ("sparge", "lse", "mixed", "full")
+# Predictors that rank blocks by a block-mass estimate over all key blocks (a softmax row per query block).
+MASS_PREDICTORS = ("sparge", "lse", "mixed")
+# The "mixed" estimate: share of the lse estimate, and exact query rows sampled per block.
+MIXED_WEIGHT = 0.5
+MIXED_ROWS = 4
+
+
+def check_predictor(predictor: str) -> str:
+    """``predictor`` when it is one of `PREDICTORS`, else a one-line ValueError naming the allowed values."""
+    if predictor not in PREDICTORS:
+        raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
+    return predictor
+
+
+def block_sample_rows(seq_len_q: int, block_m: int, rows: int, device=None) -> torch.Tensor:
+    """Query rows of the sampled-rows estimate: long ``[NQ · rows]``, ``rows`` per query block (block-major), at the
+    centres of ``rows`` equal parts of the block (a short last block repeats rows rather than leaving the block)."""
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows!r}")
+    nq = num_blocks(seq_len_q, block_m)
+    counts = block_token_counts(seq_len_q, block_m, device).long()  # [NQ]
+    offsets = torch.arange(rows, device=device) * 2 + 1  # odd multiples: centres of `rows` equal parts
+    index = torch.arange(nq, device=device)[:, None] * block_m + (offsets[None, :] * counts[:, None]) // (2 * rows)
+    return index.flatten()
 
 
 def naive_block_mean(x: torch.Tensor, block: int) -> torch.Tensor:
@@ -170,10 +203,7 @@ def naive_sampled_rows_block_probs(q, k, *, block_m: int, block_n: int, scale: f
     """
     sq, sk = q.shape[-2], k.shape[-2]
     nq, nk = num_blocks(sq, block_m), num_blocks(sk, block_n)
-    counts = block_token_counts(sq, block_m, q.device).long()  # [NQ]
-    offsets = (torch.arange(rows, device=q.device) * 2 + 1)  # odd multiples: centres of `rows` equal parts
-    index = torch.arange(nq, device=q.device)[:, None] * block_m + (offsets[None, :] * counts[:, None]) // (2 * rows)
-    sample = q.float()[..., index.flatten(), :]  # [B, H, NQ*rows, D]
+    sample = q.float()[..., block_sample_rows(sq, block_m, rows, q.device), :]  # [B, H, NQ*rows, D]
     kp = _pad_keys(k.float(), block_n)
     logits = torch.matmul(sample, kp.transpose(-1, -2)) * scale
     if kp.shape[-2] > sk:
@@ -182,15 +212,12 @@ def naive_sampled_rows_block_probs(q, k, *, block_m: int, block_n: int, scale: f
     return probs.unflatten(-2, (nq, rows)).mean(-2)
 
 
-def naive_mixed_block_probs(q, k, *, block_m: int, block_n: int, scale: float, rows: int = 4,
-                            weight: float = 0.5):
-    """A candidate estimate of block mass: ``weight`` · `naive_lse_block_probs` + (1 − ``weight``) ·
-    `naive_sampled_rows_block_probs` (exact softmax of ``rows`` query rows per block). Rows sum to 1.
-
-    The lse estimate scores each block's mean query, which misranks blocks when the queries of one block attend to
-    different places (heads of local windows, temporal diagonals, hubs); a few exact rows see those places. Not a
-    `SpargeConfig` predictor yet: `scripts/eval_budget.py --predictors mixed` measures it (the weight and row count
-    are fixed, not tuned). Cost: ``rows / block_m`` of the Q·Kᵀ of dense attention on top of the lse predictor.
+def naive_mixed_block_probs(q, k, *, block_m: int, block_n: int, scale: float, rows: int = MIXED_ROWS,
+                            weight: float = MIXED_WEIGHT):
+    """The ``"mixed"`` estimate of block mass (module docstring): ``weight`` · `naive_lse_block_probs` +
+    (1 − ``weight``) · `naive_sampled_rows_block_probs` (exact softmax of ``rows`` query rows per block).
+    ``[B, H, NQ, NK]`` fp32, rows summing to 1. Cost: ``rows / block_m`` of the Q·Kᵀ of dense attention on top of
+    the lse predictor.
     """
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight must be in [0, 1], got {weight!r}")
@@ -239,17 +266,25 @@ def naive_predicted_block_probs(predictor: str, q: torch.Tensor, k: torch.Tensor
                                 scale: float) -> torch.Tensor:
     """The block masses a drop-mass selection ranks by: ``[B, H, NQ, NK]`` fp32, rows summing to 1 over all blocks.
 
-    ``"lse"``: `naive_lse_block_probs`; ``"sparge"``: the pooled `naive_sparge_block_probs` (the softmax the
-    selection kernel's drop-mass mode takes, forced blocks included).
+    ``"lse"``: `naive_lse_block_probs`; ``"mixed"``: `naive_mixed_block_probs`; ``"sparge"``: the pooled
+    `naive_sparge_block_probs` (the softmax the selection kernel's drop-mass mode takes, forced blocks included).
     """
     if predictor == "lse":
         return naive_lse_block_probs(q, k, block_m=block_m, block_n=block_n, scale=scale)
+    if predictor == "mixed":
+        return naive_mixed_block_probs(q, k, block_m=block_m, block_n=block_n, scale=scale)
     if predictor == "sparge":
         return naive_sparge_block_probs(q, k, block_m=block_m, block_n=block_n, scale=scale)
-    raise ValueError(f"predictor must be 'sparge' or 'lse' for block masses, got {predictor!r}")
+    raise ValueError(f"predictor must be one of {MASS_PREDICTORS} for block masses, got {predictor!r}")
 
 
 __all__ = [
+    "MASS_PREDICTORS",
+    "MIXED_ROWS",
+    "MIXED_WEIGHT",
+    "PREDICTORS",
+    "block_sample_rows",
+    "check_predictor",
     "naive_predicted_block_probs",
     "naive_mixed_block_probs",
     "naive_block_mean",

@@ -108,22 +108,23 @@ def test_torch_compile_traces_the_custom_op():
 
 @pytest.mark.parametrize("seq_len", [97, 4001, 17776])
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_lse_predictor_matches_reference(seq_len, head_dim):
+@pytest.mark.parametrize("predictor", ["lse", "mixed"])
+def test_lse_predictor_matches_reference(seq_len, head_dim, predictor):
     """On random inputs the lse block masses are nearly equal, so the GPU and the reference (bf16 matmul, other
     summation order) may rank near-ties differently: compare kept predicted mass, not masks, and check the
-    attention against the reference run on the kernel's own mask."""
-    from sparge_diffusers.kernels.predict.naive import naive_lse_block_probs
+    attention against the reference run on the kernel's own mask. ``"mixed"`` adds sampled exact rows to lse."""
+    from sparge_diffusers.kernels.predict.naive import naive_predicted_block_probs
 
     q, k, v = qkv(1, 2, seq_len, head_dim)
     scale = head_dim ** -0.5
-    probs = naive_lse_block_probs(q, k, block_m=128, block_n=64, scale=scale)
+    probs = naive_predicted_block_probs(predictor, q, k, block_m=128, block_n=64, scale=scale)
     for topk, target_error in ((0.3, None), (None, 0.05)):
-        rule = resolve_selection(predictor="lse", topk=topk, cdf_threshold=None, target_error=target_error)
+        rule = resolve_selection(predictor=predictor, topk=topk, cdf_threshold=None, target_error=target_error)
         out, lut, counts, _ = dispatch.sparge_attention_triton(
             q, k, v, scale=scale, block_m=128, block_n=64, selection=rule, sim_threshold=None,
-            pv_threshold=None, precision="int8-fp16", keep_ranges=[(0, 50)], predictor="lse")
+            pv_threshold=None, precision="int8-fp16", keep_ranges=[(0, 50)], predictor=predictor)
         _, expected_mask = ref.naive_sparge_attention(
-            q, k, v, scale=scale, topk=topk, precision="int8-fp16", keep_ranges=[(0, 50)], predictor="lse",
+            q, k, v, scale=scale, topk=topk, precision="int8-fp16", keep_ranges=[(0, 50)], predictor=predictor,
             target_error=target_error)
         mask = block_mask_from_lut(lut, counts)
         kept, expected_kept = (probs * mask).sum(-1), (probs * expected_mask).sum(-1)
@@ -184,7 +185,7 @@ def test_int8_score_conversions_at_length(head_dim, int_magic):
 
 
 @pytest.mark.parametrize("geometry", ["cogvideox", "flux"])
-@pytest.mark.parametrize("predictor", ["lse", "sparge"])
+@pytest.mark.parametrize("predictor", ["lse", "mixed", "sparge"])
 def test_budget_holds_through_the_fused_call(geometry, predictor):
     """Full-geometry video-like inputs: the kernel's own selection meets ε (exact fp32 error of its block mask),
     and the whole call (with quantization) stays within ε plus the precision's floor."""

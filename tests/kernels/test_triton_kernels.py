@@ -368,3 +368,52 @@ def test_output_follows_the_transposed_bshd_layout_of_q(gen):
     torch.testing.assert_close(out, dense, rtol=0, atol=0)
     fake = dispatch.output_like(views[0])
     assert fake.stride() == out.stride()  # the op's fake implementation declares the same strides
+
+
+@pytest.mark.parametrize("seq_len", [1, 97, 300])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "bshd-view"])
+def test_sampled_rows_block_probs_match_reference(gen, seq_len, head_dim, strided):
+    from sparge_diffusers.kernels.predict.naive import naive_sampled_rows_block_probs
+
+    if strided:  # the [B, S, H, D] layout diffusers passes, viewed as BHSD
+        q, k, _ = (x.transpose(1, 2) for x in qkv(gen, 2, seq_len, 3, head_dim))
+    else:
+        q, k, _ = qkv(gen, 2, 3, seq_len, head_dim)
+    k = k[..., : max(1, seq_len - 5), :]  # keys shorter than queries, ending inside a block
+    scale = head_dim ** -0.5
+    expected = naive_sampled_rows_block_probs(q, k, block_m=64, block_n=64, scale=scale, rows=4)
+    got = predict.sampled_rows_block_probs_fwd(q, k, block_m=64, block_n=64, scale=scale, rows=4)
+    torch.testing.assert_close(got, expected, rtol=2e-3, atol=2e-4)
+    # heads measured in chunks give the same masses
+    chunked = predict.sampled_rows_block_probs_fwd(q, k, block_m=64, block_n=64, scale=scale, rows=4, max_bytes=1)
+    torch.testing.assert_close(chunked, got, rtol=0, atol=0)
+
+
+def test_mixed_block_logits_match_reference(gen):
+    from sparge_diffusers.kernels.predict.naive import naive_lse_block_logits, naive_mixed_block_probs
+
+    q, k, _ = qkv(gen, 1, 2, 333, 64)
+    logits = naive_lse_block_logits(q, k, block_m=128, block_n=64, scale=0.125)
+    got = predict.mixed_block_logits_fwd(logits, q, k, block_m=128, block_n=64, scale=0.125)
+    expected = naive_mixed_block_probs(q, k, block_m=128, block_n=64, scale=0.125)
+    torch.testing.assert_close(torch.softmax(got, -1), expected, rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.parametrize("selection", [dict(topk=0.4), dict(topk=None, target_error=0.05)], ids=["topk", "budget"])
+def test_fused_launch_with_mixed_predictor_matches_reference(gen, selection):
+    q, k, v = qkv(gen, 2, 2, 333, 64)
+    q = q + torch.linspace(-1, 1, 333)[:, None].half()  # queries that differ within a block
+    rule = resolve_selection(predictor="mixed", topk=selection["topk"], cdf_threshold=None,
+                             target_error=selection.get("target_error"))
+    out, lut, counts, _ = dispatch.sparge_attention_launch(
+        q, k, v, 0.125, 128, 64, rule, None, None, "int8-fp16", [0, 40], "mixed")
+    expected, expected_mask = ref.naive_sparge_attention(
+        q, k, v, scale=0.125, topk=selection["topk"], precision="int8-fp16", keep_ranges=[(0, 40)],
+        predictor="mixed", target_error=selection.get("target_error"))
+    assert (block_mask_from_lut(lut, counts) != expected_mask).float().mean() < 0.02
+    assert ref.relative_l1(out, expected) < 0.02
+    # and it is not the lse estimate under another name
+    mixed_probs = ref.naive_predicted_block_probs("mixed", q, k, block_m=128, block_n=64, scale=0.125)
+    lse_probs = ref.naive_predicted_block_probs("lse", q, k, block_m=128, block_n=64, scale=0.125)
+    assert (mixed_probs - lse_probs).abs().max() > 1e-3
