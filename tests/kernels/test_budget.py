@@ -111,15 +111,37 @@ def _family(family, style, geometry="cogvideox", scale_grid=0.3, heads=(0, 7), s
                                            ("structured", "temporal"), ("values-offset", "default"),
                                            ("random", "default")])
 @pytest.mark.parametrize("target_error", [0.02, 0.05, 0.1])
-def test_budget_holds_on_held_out_families(family, style, target_error):
+@pytest.mark.parametrize("predictor", ["lse", "mixed"])
+def test_budget_holds_on_held_out_families(family, style, target_error, predictor):
     q, k, v, geo = _family(family, style)
     keep = [geo.text_range]
-    out, mask = ref.naive_sparge_attention(q, k, v, predictor="lse", target_error=target_error, precision="bf16",
-                                           block_n=128, keep_ranges=keep)
+    out, mask = ref.naive_sparge_attention(q, k, v, predictor=predictor, target_error=target_error,
+                                           precision="bf16", block_n=128, keep_ranges=keep)
     err = E.masked_attention_rel_l1(q, k, v, mask, block_m=128, block_n=128)
     assert err <= BUDGET_SLACK * target_error, (family, style, err, target_error)
     if family == "clip" and target_error >= 0.05:
         assert 1 - mask.float().mean() > 0.05  # and it finds sparsity where there is some
+
+
+def test_mixed_ranking_keeps_more_true_mass_on_structured_heads():
+    """Heads of local windows, temporal diagonals and hubs: the mean query of a block (lse) misranks their key
+    blocks; the sampled exact rows of "mixed" see them. At the same top-k the blocks mixed keeps hold more of the
+    true attention mass (at 0.3 grid: 0.69 against 0.58 on average, 0.34 against 0.10 in the worst query block). At
+    full geometry on an H200 this is 0.85-0.98 of the oracle's sparsity against 0.37-0.55 under the error budget
+    (benchmarks/results/budget_eval.md)."""
+    from sparge_diffusers.kernels.predict import naive as P
+    from sparge_diffusers.kernels.selection import naive_select_blocks
+
+    q, k, v, geo = _family("structured", "mixed", heads=(0, 1, 2, 3))
+    scale = q.shape[-1] ** -0.5
+    true = E.naive_block_mass(q, k, block_m=128, block_n=128, scale=scale)
+    forced = P.naive_forced_blocks(q, k, block_m=128, block_n=128, keep_ranges=[geo.text_range])
+    kept = {}
+    for predictor in ("lse", "mixed"):
+        probs = P.naive_predicted_block_probs(predictor, q, k, block_m=128, block_n=128, scale=scale)
+        kept[predictor] = (true * naive_select_blocks(probs, *forced, topk=0.2)).sum(-1)  # [B, H, NQ]
+    assert kept["mixed"].mean() > kept["lse"].mean() + 0.05, (kept["mixed"].mean(), kept["lse"].mean())
+    assert kept["mixed"].min() > 2 * kept["lse"].min()
 
 
 def test_budget_per_head_drop_masses_differ_and_are_returned():
