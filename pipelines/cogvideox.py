@@ -167,11 +167,9 @@ class CogVideoXFamily(Family):
         perm = boundary_permutation(context, hidden_states.device)
         if perm is None:
             return
-        from sparge_diffusers.hilbert import TokenPermutation
-
         context.current.permutation = perm
-        context.current.entry_permutation = TokenPermutation.for_grid(
-            grid, perm.kind, device=hidden_states.device, offset=text_len, total_len=text_len + num_visual)
+        # the patch embedding's output is [text, visual]: the same order behind the text
+        context.current.entry_permutation = perm.shifted(text_len)
         rotary = bound.get("image_rotary_emb")
         if rotary is not None:
             for r in rotary:

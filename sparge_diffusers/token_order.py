@@ -76,6 +76,16 @@ class BoundaryOrder:
     def is_identity(self) -> bool:
         return self.kind == "rowmajor"
 
+    def shifted(self, offset: int) -> "BoundaryOrder":
+        """The same order for a stream with ``offset`` tokens in front (e.g. the text of ``[text, visual]``), which
+        keep their place: ``offset + total_len`` positions, built from this order's indices with tensor ops only
+        (no curve construction for ``torch.compile`` to trace)."""
+        if offset == 0:
+            return self
+        head = torch.arange(offset, device=self.forward_index.device, dtype=self.forward_index.dtype)
+        indices = tuple(torch.cat([head, index + offset]) for index in (self.forward_index, self.inverse_index))
+        return BoundaryOrder(None, self.kind, offset + self.total_len, self.forward_index.device, indices=indices)
+
     def apply(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
         return self._gather(x, dim, self.forward_index)
 
