@@ -122,7 +122,16 @@ def sparge_attn(
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
         stats = SpargeStats(torch.zeros(q.shape[:2], device=q.device), None, "dense") if return_stats else None
     else:
-        if backend == "triton":
+        if (backend == "triton" and selection.rule == "budget" and guard is not None and drop is None
+                and not return_stats and torch.compiler.is_compiling()):
+            # compiled: the guard cannot run in the trace; one opaque op runs it with the launch (`compiled_guard`)
+            from .compiled_guard import guarded_sparge_attention
+
+            out = guarded_sparge_attention(
+                *_pad_head_dim(q, k, v), float(scale), config.block_m, config.block_n, float(selection.value),
+                config.sim_threshold, config.pv_threshold, config.precision, [b for pair in ranges for b in pair],
+                config.predictor, guard.key)[..., :head_dim]
+        elif backend == "triton":
             from .kernels.dispatch import sparge_attention_triton
 
             padded = _pad_head_dim(q, k, v)

@@ -12,6 +12,8 @@ without a guard measures in every call.
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -55,6 +57,10 @@ class BudgetGuard:
         self.reused = 0
         self._slots: Dict[Tuple[int, ...], _Slot] = {}
         self._last: Optional[Tuple[int, ...]] = None
+        if not hasattr(self, "key"):
+            # a name for the compiled path's opaque op, which finds the guard by it (`guard_by_key`)
+            self.key = f"guard{next(_KEYS)}"
+            _GUARDS[self.key] = self
 
     @property
     def interval(self) -> int:
@@ -96,6 +102,15 @@ class BudgetGuard:
                 f"shapes={len(self._slots)})")
 
 
+_KEYS = itertools.count()
+_GUARDS: "weakref.WeakValueDictionary[str, BudgetGuard]" = weakref.WeakValueDictionary()
+
+
+def guard_by_key(key: str) -> BudgetGuard:
+    """The live `BudgetGuard` named ``key`` (its ``key`` attribute)."""
+    return _GUARDS[key]
+
+
 def _agree(old: torch.Tensor, new: torch.Tensor) -> bool:
     sparse_old, sparse_new = old > 0, new > 0
     same_kind = sparse_old == sparse_new
@@ -104,4 +119,4 @@ def _agree(old: torch.Tensor, new: torch.Tensor) -> bool:
     return float(close.float().mean()) >= AGREEMENT
 
 
-__all__ = ["BudgetGuard", "MAX_INTERVAL"]
+__all__ = ["BudgetGuard", "MAX_INTERVAL", "guard_by_key"]
