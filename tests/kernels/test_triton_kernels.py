@@ -287,17 +287,25 @@ def test_fused_budget_launch_uses_given_drop_masses(gen):
 
 
 @pytest.mark.parametrize("selection", [dict(topk=0.4), dict(topk=None, target_error=0.05)], ids=["topk", "budget"])
-def test_fused_launch_with_lse_predictor_matches_reference(gen, selection):
+@pytest.mark.parametrize("predictor", ["lse", "mixed"])
+def test_fused_launch_with_lse_predictor_matches_reference(gen, selection, predictor):
+    """The lse predictor, and mixed (lse + sampled exact rows) on queries that differ within a block."""
     q, k, v = qkv(gen, 2, 2, 333, 64)
-    rule = resolve_selection(predictor="lse", topk=selection["topk"], cdf_threshold=None,
+    if predictor == "mixed":
+        q = q + torch.linspace(-1, 1, 333)[:, None].half()
+    rule = resolve_selection(predictor=predictor, topk=selection["topk"], cdf_threshold=None,
                              target_error=selection.get("target_error"))
     out, lut, counts, _ = dispatch.sparge_attention_launch(
-        q, k, v, 0.125, 128, 64, rule, None, None, "int8-fp16", [0, 40], "lse")
+        q, k, v, 0.125, 128, 64, rule, None, None, "int8-fp16", [0, 40], predictor)
     expected, expected_mask = ref.naive_sparge_attention(
         q, k, v, scale=0.125, topk=selection["topk"], precision="int8-fp16", keep_ranges=[(0, 40)],
-        predictor="lse", target_error=selection.get("target_error"))
+        predictor=predictor, target_error=selection.get("target_error"))
     assert (block_mask_from_lut(lut, counts) != expected_mask).float().mean() < 0.02
     assert ref.relative_l1(out, expected) < 0.02
+    if predictor == "mixed":  # and it is not the lse estimate under another name
+        mixed_probs = ref.naive_predicted_block_probs("mixed", q, k, block_m=128, block_n=64, scale=0.125)
+        lse_probs = ref.naive_predicted_block_probs("lse", q, k, block_m=128, block_n=64, scale=0.125)
+        assert (mixed_probs - lse_probs).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("seq_len", [97, 513])
@@ -398,22 +406,3 @@ def test_mixed_block_logits_match_reference(gen):
     got = predict.mixed_block_logits_fwd(logits, q, k, block_m=128, block_n=64, scale=0.125)
     expected = naive_mixed_block_probs(q, k, block_m=128, block_n=64, scale=0.125)
     torch.testing.assert_close(torch.softmax(got, -1), expected, rtol=2e-3, atol=2e-4)
-
-
-@pytest.mark.parametrize("selection", [dict(topk=0.4), dict(topk=None, target_error=0.05)], ids=["topk", "budget"])
-def test_fused_launch_with_mixed_predictor_matches_reference(gen, selection):
-    q, k, v = qkv(gen, 2, 2, 333, 64)
-    q = q + torch.linspace(-1, 1, 333)[:, None].half()  # queries that differ within a block
-    rule = resolve_selection(predictor="mixed", topk=selection["topk"], cdf_threshold=None,
-                             target_error=selection.get("target_error"))
-    out, lut, counts, _ = dispatch.sparge_attention_launch(
-        q, k, v, 0.125, 128, 64, rule, None, None, "int8-fp16", [0, 40], "mixed")
-    expected, expected_mask = ref.naive_sparge_attention(
-        q, k, v, scale=0.125, topk=selection["topk"], precision="int8-fp16", keep_ranges=[(0, 40)],
-        predictor="mixed", target_error=selection.get("target_error"))
-    assert (block_mask_from_lut(lut, counts) != expected_mask).float().mean() < 0.02
-    assert ref.relative_l1(out, expected) < 0.02
-    # and it is not the lse estimate under another name
-    mixed_probs = ref.naive_predicted_block_probs("mixed", q, k, block_m=128, block_n=64, scale=0.125)
-    lse_probs = ref.naive_predicted_block_probs("lse", q, k, block_m=128, block_n=64, scale=0.125)
-    assert (mixed_probs - lse_probs).abs().max() > 1e-3
