@@ -55,6 +55,11 @@ def settings(block_n: int):
                                                                  speed_rule="sparse")))
         rows.append((f"eps0.05_ds{dense_steps}", SpargeConfig(target_error=0.05, topk=None, block_n=block_n,
                                                                dense_steps=dense_steps, speed_rule="sparse")))
+    # the mixed predictor (lse + 4 sampled exact rows per block)
+    rows.append(("mixed_topk0.5_ds0", SpargeConfig(topk=0.5, predictor="mixed", block_n=block_n,
+                                                   speed_rule="sparse")))
+    rows.append(("mixed_eps0.05_ds0", SpargeConfig(target_error=0.05, topk=None, predictor="mixed",
+                                                   block_n=block_n, speed_rule="sparse")))
     return rows
 
 
