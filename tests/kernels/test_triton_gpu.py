@@ -308,3 +308,23 @@ def test_budget_guard_triton_matches_naive_at_length(geometry, family):
     # the public entry takes the Triton path on CUDA
     auto = B.budget_drop_mass(q, k, v, probs, target_error=0.05, **args)
     assert torch.equal(auto, K.budget_drop_mass_fwd(q, k, v, probs, target_error=0.05, **args))
+
+
+def test_compiled_budget_call_keeps_its_guard():
+    """Under torch.compile (inductor) a target_error call with a BudgetGuard runs the guard in one opaque op: drop
+    masses are measured on calls 1, 2 and 4 and reused on call 3, and the output is the eager call's."""
+    from sparge_diffusers.budget_guard import BudgetGuard
+
+    q, k, v = qkv(2, 4, 17776, 64)
+    config = SpargeConfig(target_error=0.05, predictor="mixed", precision="int8-fp16", keep_token_ranges=[(0, 226)],
+                          check_finite=False, speed_rule="sparse")
+    eager_guard, guard = BudgetGuard(), BudgetGuard()
+    eager = [sparge_attn(q, k, v, config=config, guard=eager_guard) for _ in range(4)]
+    step = torch.compile(lambda q, k, v: sparge_attn(q, k, v, config=config, guard=guard), fullgraph=True)
+    try:
+        compiled = [step(q, k, v) for _ in range(4)]
+    finally:
+        torch._dynamo.reset()
+    assert (guard.measured, guard.reused) == (eager_guard.measured, eager_guard.reused) == (3, 1)
+    for a, b in zip(compiled, eager):
+        assert ref.relative_l1(a, b) < 1e-3
