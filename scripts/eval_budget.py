@@ -33,7 +33,7 @@ from sparge_diffusers import video_inputs
 from sparge_diffusers.hilbert import TokenPermutation
 from sparge_diffusers.kernels import evaluation as E
 from sparge_diffusers.kernels.budget import DROP_MASS_LADDER, budget_drop_mass
-from sparge_diffusers.kernels.predict.naive import (naive_forced_blocks,
+from sparge_diffusers.kernels.predict.naive import (naive_forced_blocks, naive_mixed_block_probs,
                                                     naive_predicted_block_probs, naive_sampled_rows_block_probs)
 from sparge_diffusers.kernels.selection import naive_select_blocks
 
@@ -85,9 +85,12 @@ def ordered(q, k, v, geo, order):
 
 def block_probs(predictor, q, k, block, scale):
     """Block masses to rank by: a `SpargeConfig` predictor (``lse``, ``sparge``, ``mixed``: the mean of lse and
-    rows4, `naive_mixed_block_probs`), or ``rows4`` (4 exact sampled rows per block alone)."""
+    rows4, `naive_mixed_block_probs`), or a candidate: ``rows4`` (4 exact sampled rows per block alone), ``mixed2``
+    (mixed with 2 rows)."""
     if predictor == "rows4":
         return naive_sampled_rows_block_probs(q, k, block_m=block, block_n=block, scale=scale, rows=4)
+    if predictor == "mixed2":  # a cheaper candidate: 2 sampled rows per block instead of 4
+        return naive_mixed_block_probs(q, k, block_m=block, block_n=block, scale=scale, rows=2)
     return naive_predicted_block_probs(predictor, q, k, block_m=block, block_n=block, scale=scale)
 
 
@@ -131,7 +134,7 @@ def main(argv=None) -> int:
     parser.add_argument("--families", nargs="+", default=list(F.FAMILIES), choices=F.FAMILIES)
     parser.add_argument("--geometries", nargs="+", default=["cogvideox", "mochi", "flux"])
     parser.add_argument("--orders", nargs="+", default=["hilbert", "rowmajor"])
-    parser.add_argument("--predictors", nargs="+", default=["lse", "sparge"], choices=("lse", "sparge", "rows4", "mixed"))
+    parser.add_argument("--predictors", nargs="+", default=["lse", "sparge"], choices=("lse", "sparge", "rows4", "mixed", "mixed2"))
     parser.add_argument("--eps", nargs="+", type=float, default=[0.02, 0.05, 0.1])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--heads", type=int, default=4, help="heads per geometry (spread over the layer)")
