@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import List
 
-from ..config import PRECISIONS, REORDERS, SpargeConfig
+from ..config import PRECISIONS, PREDICTORS, REORDERS, SpargeConfig
 from ..errors import UsageError
 from ..evaluate import Evaluator, add_metric_arguments, parse_metrics
 from ..media import check_writable_dir
@@ -47,6 +47,9 @@ def add_parser(subparsers) -> None:
     grid.add_argument("--dense-steps", type=int, nargs="+", default=[0], metavar="N")
     grid.add_argument("--reorder", nargs="+", choices=REORDERS, default=["hilbert"])
     grid.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["int8-fp8"])
+    grid.add_argument("--predictor", nargs="+", choices=[p for p in PREDICTORS if p != "full"],
+                      default=[SpargeConfig.predictor],
+                      help=f"block predictors (default: {SpargeConfig.predictor}; 'mixed' adds sampled exact rows)")
     add_block_argument(grid)
     add_model_arguments(parser)
     add_metric_arguments(parser)
@@ -114,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"--calibration: {error}") from None
     configs = expand_grid(topk, args.cdf_threshold, sim_thresholds, args.pv_threshold, args.dense_steps,
                           args.reorder, args.precision, resolve_block_n(args.block_n, model),
-                          target_error=args.target_error, calibration=args.calibration)
+                          target_error=args.target_error, calibration=args.calibration, predictor=args.predictor)
     if any(s < 0 for s in args.dense_steps):
         raise UsageError("--dense-steps values must be >= 0")
     family = model_family(model)  # validates --model before anything is loaded

@@ -23,6 +23,8 @@ def config_label(config: SpargeConfig) -> str:
     sim = "off" if config.sim_threshold is None else f"{config.sim_threshold:g}"
     pv = "off" if config.pv_threshold is None else f"{config.pv_threshold:g}"
     label = f"{selection} sim={sim} pv={pv} dense_steps={config.dense_steps} {config.reorder} {config.precision}"
+    if config.predictor != SpargeConfig.predictor:  # the default predictor is not named: older labels stay valid
+        label += f" {config.predictor}"
     return label if config.block_n == SpargeConfig.block_n else f"{label} kblock={config.block_n}"
 
 
@@ -31,10 +33,11 @@ def expand_grid(topk: Sequence[float] = (), cdf_threshold: Sequence[float] = (),
                 pv_threshold: Sequence[Optional[float]] = (None,), dense_steps: Sequence[int] = (0,),
                 reorder: Sequence[str] = ("hilbert",), precision: Sequence[str] = ("int8-fp8",),
                 block_n: int = SpargeConfig.block_n, *, target_error: Sequence[float] = (),
-                calibration: Sequence[Optional[str]] = (None,)) -> List[SpargeConfig]:
+                calibration: Sequence[Optional[str]] = (None,),
+                predictor: Sequence[str] = (SpargeConfig.predictor,)) -> List[SpargeConfig]:
     """Every `SpargeConfig` of the grid (top-k values first, then τ, then ε values), duplicates removed; ``block_n``
     is the key block size of every config (not a grid axis); ``calibration`` (None = uncalibrated, or calibration
-    files) is an axis of the ε configs only.
+    files) is an axis of the ε configs only; ``predictor`` is an axis of every config.
 
     Raises:
         UsageError: a value SpargeConfig rejects (its message), or an empty grid.
@@ -44,14 +47,14 @@ def expand_grid(topk: Sequence[float] = (), cdf_threshold: Sequence[float] = (),
     if not selections:
         raise UsageError("the grid is empty: give --topk, --cdf-threshold and/or --target-error values")
     configs: Dict[str, SpargeConfig] = {}
-    for (kind, value, cal), sim, pv, steps, order, prec in itertools.product(
-            selections, sim_threshold, pv_threshold, dense_steps, reorder, precision):
+    for (kind, value, cal), sim, pv, steps, order, prec, pred in itertools.product(
+            selections, sim_threshold, pv_threshold, dense_steps, reorder, precision, predictor):
         try:
             config = SpargeConfig(topk=value if kind == "topk" else None,
                                   cdf_threshold=value if kind == "cdf" else None,
                                   target_error=value if kind == "eps" else None, calibration=cal,
-                                  sim_threshold=sim,
-                                  pv_threshold=pv, dense_steps=steps, reorder=order, precision=prec, block_n=block_n)
+                                  sim_threshold=sim, pv_threshold=pv, dense_steps=steps, reorder=order,
+                                  precision=prec, block_n=block_n, predictor=pred)
         except ValueError as error:
             raise UsageError(str(error)) from None
         configs.setdefault(config_label(config), config)

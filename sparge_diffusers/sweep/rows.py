@@ -21,7 +21,7 @@ PLOT = "quality_vs_speed.png"
 REPORT = "report.md"
 META = "sweep.json"
 DENSE_LABEL = "dense"
-CONFIG_COLUMNS = ("topk", "cdf_threshold", "target_error", "calibration", "sim_threshold", "pv_threshold", "dense_steps", "reorder", "precision")
+CONFIG_COLUMNS = ("topk", "cdf_threshold", "target_error", "calibration", "sim_threshold", "pv_threshold", "dense_steps", "reorder", "precision", "predictor")
 COLUMNS = (("prompt", "seed", "config", "mode") + CONFIG_COLUMNS
            + ("seconds", "dense_seconds", "speedup", "sparsity", "attention_ms", "backend")
            + METRICS + ("frames", "height", "width", "media", "rank", "finished_at"))

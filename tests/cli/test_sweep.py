@@ -124,6 +124,11 @@ def test_grid_and_ranks():
     assert [config_label(c).split(" sim")[0] for c in budgets] == ["eps=0.05", "eps=0.05 calibrated", "eps=0.02",
                                                                     "eps=0.02 calibrated"]
     assert all(c.selection.rule == "budget" for c in budgets) and budgets[1].calibration == "cal.json"
+    predictors = expand_grid([0.5], [], [None], target_error=[0.05], predictor=["lse", "mixed"])
+    assert [(c.selection.rule, c.predictor) for c in predictors] == [("topk", "lse"), ("topk", "mixed"),
+                                                                     ("budget", "lse"), ("budget", "mixed")]
+    # the default predictor is not in the label (older results folders keep their keys); others are
+    assert [config_label(c).endswith(" mixed") for c in predictors] == [False, True, False, True]
     assert rank_info({}) == (0, 1, 0)
     assert rank_info({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == (3, 4, 1)
     with pytest.raises(UsageError):
