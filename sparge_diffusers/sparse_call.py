@@ -60,12 +60,13 @@ def _layer_permutation(layer: LayerCall, visual_offset: int, total_len: int, dev
     cur = context.current
     if context.reorder_at != "layer" or cur.grid is None or context.reorder_kind == "rowmajor":
         return None
-    if not context.reorder_pays(device):
+    if not context.reorder_pays(device) or visual_offset + cur.num_visual > total_len:
         return None
-    from .hilbert import TokenPermutation
+    from .token_order import BoundaryOrder
 
-    return TokenPermutation.for_grid(cur.grid, context.reorder_kind, device=device, offset=visual_offset,
-                                     total_len=total_len)
+    # the boundary order behind ``visual_offset`` leading tokens (under torch.compile its indices come from one
+    # opaque op: dynamo would trace the pure-Python curve construction op by op)
+    return BoundaryOrder(cur.grid, context.reorder_kind, cur.num_visual, device).shifted(visual_offset)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer: LayerCall, layout: str,
