@@ -59,8 +59,10 @@ class SpargeConfig:
             attention (`DEFAULT_TARGET_ERROR` is the value the CLI and the docs suggest). Per (batch, head) the least
             massive key blocks are dropped up to the largest drop mass whose error on sampled exact rows stays within
             ε; where none does, every block is kept. Quantization adds its own error (`PRECISION_ERROR_FLOOR`).
-            Measuring costs 0.3-1.7x a dense attention call on an H200 (benchmarks/results/budget_eval.md): pass a
-            `BudgetGuard` (the diffusers integration keeps one per layer) or a ``calibration`` to reuse it.
+            Measuring costs 3.8% (Mochi, 44,776 tokens) to 8.2% (CogVideoX-2b, 17,776) of a dense cuDNN call on an
+            H200 (benchmarks/results/budget_eval.md): pass a `BudgetGuard` (the diffusers integration keeps one per
+            layer, also under ``torch.compile``) or a ``calibration`` to reuse it. With ``predictor="mixed"`` the
+            budget holds with ≥ 0.85 of the oracle's sparsity on every evaluation family.
         topk: fraction of key blocks kept per query block, in (0, 1]. ``1.0`` is dense attention.
         cdf_threshold: τ in (0, 1] or None; TopCdf selection of key blocks by predicted mass.
         calibration: path of a calibration JSON (``sparge-diffusers calibrate``): per layer and head drop masses
