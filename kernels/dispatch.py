@@ -88,10 +88,10 @@ def sparge_attention_triton(
         on_other_gpu = q.is_cuda and q.device.index != torch.cuda.current_device()
         with torch.cuda.device(q.device) if on_other_gpu else contextlib.nullcontext():
             return sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_threshold, pv_threshold,
-                                           precision, _flat(keep_ranges), predictor, drop_mass)
+                                           precision, flat_ranges(keep_ranges), predictor, drop_mass)
     return torch.ops.sparge_diffusers.sparge_attention(
         q, k, v, scale, block_m, block_n, selection.rule, selection.value, sim_threshold, pv_threshold, precision,
-        _flat(keep_ranges), predictor, drop_mass,
+        flat_ranges(keep_ranges), predictor, drop_mass,
     )
 
 
@@ -102,7 +102,8 @@ def _eager_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
 
 
-def _flat(keep_ranges: Sequence[Tuple[int, int]]) -> List[int]:
+def flat_ranges(keep_ranges: Sequence[Tuple[int, int]]) -> List[int]:
+    """``[(start0, end0), (start1, end1), ...]`` as the op takes it: ``[start0, end0, start1, end1, ...]``."""
     return [bound for pair in keep_ranges for bound in pair]
 
 

@@ -18,7 +18,7 @@ import torch
 
 from ._logging import log_once
 from .block_map import BlockMap, block_mask_from_lut
-from .budget_guard import BudgetGuard
+from .budget_guard import BudgetGuard, call_key
 from .config import PRECISION_ERROR_FLOOR, SpargeConfig, _check_ranges
 from .finite import FiniteCheck, raise_if_not_finite, skip_check
 from .speed_rule import measuring_budget_loses, should_go_dense
@@ -105,7 +105,7 @@ def sparge_attn(
     drop = None
     if selection.rule == "budget" and backend != "dense":
         _warn_below_floor(config)
-        drop = _known_drop_mass(config, layer, guard, _guard_key(q, k), q.device)
+        drop = _known_drop_mass(config, layer, guard, call_key(q, k), q.device)
         if (drop is None and guard is None and q.is_cuda and config.speed_rule == "auto"
                 and measuring_budget_loses(q.device, k.shape[-2])):
             log_once(logger, "budget-measure-dense", "sparge_attn: measuring the error budget in every call costs "
@@ -126,10 +126,11 @@ def sparge_attn(
                 and not return_stats and torch.compiler.is_compiling()):
             # compiled: the guard cannot run in the trace; one opaque op runs it with the launch (`compiled_guard`)
             from .compiled_guard import guarded_sparge_attention
+            from .kernels.dispatch import flat_ranges
 
             out = guarded_sparge_attention(
                 *_pad_head_dim(q, k, v), float(scale), config.block_m, config.block_n, float(selection.value),
-                config.sim_threshold, config.pv_threshold, config.precision, [b for pair in ranges for b in pair],
+                config.sim_threshold, config.pv_threshold, config.precision, flat_ranges(ranges),
                 config.predictor, guard.key)[..., :head_dim]
         elif backend == "triton":
             from .kernels.dispatch import sparge_attention_triton
@@ -152,7 +153,7 @@ def sparge_attn(
             )
             out, block_mask, used = out
         if selection.rule == "budget" and guard is not None and drop is None and not torch.compiler.is_compiling():
-            guard.update(_guard_key(q, k), used)
+            guard.update(call_key(q, k), used)
         out = out.to(q.dtype)
         stats = None
         if return_stats:
@@ -162,11 +163,6 @@ def sparge_attn(
     if layout == "BSHD":
         out = out.transpose(1, 2)
     return (out, stats) if return_stats else out
-
-
-def _guard_key(q: torch.Tensor, k: torch.Tensor) -> Tuple[int, int, int, int]:
-    """The call shape a `BudgetGuard` keeps drop masses for: ``(B, H, Sq, Sk)`` of the BHSD tensors."""
-    return (q.shape[0], q.shape[1], q.shape[-2], k.shape[-2])
 
 
 def _known_drop_mass(config: SpargeConfig, layer: Optional[int], guard: Optional[BudgetGuard], key,

@@ -53,14 +53,10 @@ class BudgetGuard:
         if not isinstance(max_interval, int) or max_interval < 1:
             raise ValueError(f"max_interval must be an integer >= 1, got {max_interval!r}")
         self.max_interval = max_interval
-        self.measured = 0
-        self.reused = 0
-        self._slots: Dict[Tuple[int, ...], _Slot] = {}
-        self._last: Optional[Tuple[int, ...]] = None
-        if not hasattr(self, "key"):
-            # a name for the compiled path's opaque op, which finds the guard by it (`guard_by_key`)
-            self.key = f"guard{next(_KEYS)}"
-            _GUARDS[self.key] = self
+        # a name for the compiled path's opaque op, which finds the guard by it (`guard_by_key`)
+        self.key = f"guard{next(_KEYS)}"
+        _GUARDS[self.key] = self
+        self.reset()
 
     @property
     def interval(self) -> int:
@@ -95,11 +91,20 @@ class BudgetGuard:
         self.measured += 1
 
     def reset(self) -> None:
-        self.__init__(self.max_interval)
+        """Forget every call shape's drop masses and the statistics (the key stays)."""
+        self.measured = 0
+        self.reused = 0
+        self._slots: Dict[Tuple[int, ...], _Slot] = {}
+        self._last: Optional[Tuple[int, ...]] = None
 
     def __repr__(self) -> str:
         return (f"BudgetGuard(interval={self.interval}, measured={self.measured}, reused={self.reused}, "
                 f"shapes={len(self._slots)})")
+
+
+def call_key(q: torch.Tensor, k: torch.Tensor) -> Tuple[int, int, int, int]:
+    """The call shape a guard keeps drop masses for: ``(B, H, Sq, Sk)`` of BHSD ``q`` / ``k``."""
+    return (q.shape[0], q.shape[1], q.shape[-2], k.shape[-2])
 
 
 _KEYS = itertools.count()
@@ -119,4 +124,4 @@ def _agree(old: torch.Tensor, new: torch.Tensor) -> bool:
     return float(close.float().mean()) >= AGREEMENT
 
 
-__all__ = ["BudgetGuard", "MAX_INTERVAL", "guard_by_key"]
+__all__ = ["BudgetGuard", "MAX_INTERVAL", "call_key", "guard_by_key"]

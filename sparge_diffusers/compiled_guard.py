@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import torch
 
-from .budget_guard import guard_by_key
+from .budget_guard import call_key, guard_by_key
 from .kernels.dispatch import output_like, sparge_attention_launch
 from .kernels.selection import Selection
 
@@ -29,7 +29,7 @@ def guarded_sparge_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     """`kernels.dispatch.sparge_attention_launch` with the ``"budget"`` rule, drop masses reused from or stored in
     the guard ``guard_key``. q: ``[B, H, Sq, D]``; k, v: ``[B, H, Sk, D]`` (D in 64, 128); ``keep_ranges`` flat."""
     guard = guard_by_key(guard_key)
-    key = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    key = call_key(q, k)
     drop = guard.reuse(key)
     device_scope = torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext()
     with device_scope:
