@@ -141,8 +141,7 @@ class SpargeContext:
         from .speed_rule import dense_for
 
         cur = self.current
-        device = device if isinstance(device, torch.device) else torch.device(device)
-        if self.head_dim is None or device.type != "cuda":
+        if self.head_dim is None:
             return True
         seq_len = cur.num_visual + (cur.text_len or 0 if cur.text_side != "none" else 0)
         if not dense_for(device, self.head_dim, seq_len, self.config):

@@ -144,15 +144,13 @@ def dense_by_table(table, head_dim: int, seq_len_k: int, config) -> bool:
 def dense_for(device: torch.device, head_dim: int, seq_len_k: int, config) -> bool:
     """`dense_by_table` with the table of ``device``'s GPU class; False off CUDA (the rule is measured on GPUs)."""
     device = device if isinstance(device, torch.device) else torch.device(device)  # as given under torch.compile
-    if config.speed_rule != "auto" or device.type != "cuda":
+    if device.type != "cuda":
         return False
     return dense_by_table(crossover_table(_capability_for(device)), head_dim, seq_len_k, config)
 
 
 def should_go_dense(q: torch.Tensor, k: torch.Tensor, config) -> bool:
     """True when the measured crossover says dense cuDNN attention is faster for this call (CUDA only)."""
-    if config.speed_rule != "auto" or not q.is_cuda:
-        return False
     return dense_for(q.device, q.shape[-1], k.shape[-2], config)
 
 
