@@ -35,7 +35,6 @@ from .predict.naive import (
     naive_block_mean,
     naive_block_self_similarity,
     naive_forced_blocks,
-    naive_mixed_block_probs,
     naive_pooled_scores,
     naive_predict_block_mask,
     naive_predict_block_mask_lse,
@@ -68,9 +67,9 @@ def naive_sparge_attention(
     """The whole algorithm: stage-1 prediction then stage-2 block-sparse attention.
 
     Args:
-        predictor: ``"sparge"`` (`naive_predict_block_mask`), ``"lse"`` (`naive_predict_block_mask_lse`;
-            ``sim_threshold`` unused), ``"mixed"`` (`naive_mixed_block_probs` ranked as lse ranks its masses) or
-            ``"full"``.
+        predictor: ``"sparge"`` (`naive_predict_block_mask`), ``"lse"`` or ``"mixed"`` (their block masses,
+            `naive_predicted_block_probs`, ranked as `naive_predict_block_mask_lse` ranks lse's; ``sim_threshold``
+            unused) or ``"full"``.
         target_error, topk, cdf_threshold: the selection rule, resolved by `selection.resolve_selection` (ε first,
             then top-k, then τ). With ε the least massive blocks are dropped up to a per-(batch, head) drop mass
             that `budget.budget_drop_mass` measures on sampled exact rows; ``drop_mass`` (fp32 ``[B, H]``) gives
@@ -91,14 +90,8 @@ def naive_sparge_attention(
         block_mask, used = naive_budget_block_mask(
             q, k, v, predictor=predictor, target_error=selection.value, block_m=block_m, block_n=block_n, scale=scale,
             keep_ranges=keep_ranges, sim_threshold=sim_threshold, drop_mass=drop_mass, return_drop_mass=True)
-    elif predictor == "lse":
-        block_mask = naive_predict_block_mask_lse(
-            q, k, block_m=block_m, block_n=block_n, scale=scale,
-            topk=selection.value if selection.rule == "topk" else None,
-            drop_mass=selection.fixed_drop_mass(), keep_ranges=keep_ranges,
-        )
-    elif predictor == "mixed":
-        probs = naive_mixed_block_probs(q, k, block_m=block_m, block_n=block_n, scale=scale)
+    elif predictor in ("lse", "mixed"):  # a block-mass estimate ranked by top-k or a fixed drop mass
+        probs = naive_predicted_block_probs(predictor, q, k, block_m=block_m, block_n=block_n, scale=scale)
         forced_rows, forced_cols = naive_forced_blocks(q, k, block_m=block_m, block_n=block_n,
                                                        keep_ranges=keep_ranges)
         block_mask = naive_select_blocks(probs, forced_rows, forced_cols,
