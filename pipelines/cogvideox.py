@@ -25,6 +25,7 @@ from diffusers import CogVideoXPipeline
 from sparge_diffusers._logging import log_once
 from sparge_diffusers import sparse_call
 from sparge_diffusers.context import SpargeContext
+from sparge_diffusers.token_order import BoundaryOrder
 from sparge_diffusers.processor import SpargeProcessor
 
 from ._base import BoundArguments, Family, SpargePipelineMixin, boundary_permutation, resolve_grid, revert_output_hook
@@ -169,7 +170,8 @@ class CogVideoXFamily(Family):
             return
         context.current.permutation = perm
         # the patch embedding's output is [text, visual]: the same order behind the text
-        context.current.entry_permutation = perm.shifted(text_len)
+        context.current.entry_permutation = BoundaryOrder(grid, perm.kind, num_visual, hidden_states.device,
+                                                          offset=text_len)
         rotary = bound.get("image_rotary_emb")
         if rotary is not None:
             for r in rotary:

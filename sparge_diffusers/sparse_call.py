@@ -64,9 +64,7 @@ def _layer_permutation(layer: LayerCall, visual_offset: int, total_len: int, dev
         return None
     from .token_order import BoundaryOrder
 
-    # the boundary order behind ``visual_offset`` leading tokens (under torch.compile its indices come from one
-    # opaque op: dynamo would trace the pure-Python curve construction op by op)
-    return BoundaryOrder(cur.grid, context.reorder_kind, cur.num_visual, device).shifted(visual_offset)
+    return BoundaryOrder(cur.grid, context.reorder_kind, cur.num_visual, device, offset=visual_offset)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer: LayerCall, layout: str,

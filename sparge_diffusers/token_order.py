@@ -17,13 +17,14 @@ from .hilbert import TokenPermutation
 
 
 @torch.library.custom_op("sparge_diffusers::token_order", mutates_args=())
-def _token_order(grid: List[int], kind: str, total_len: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    perm = TokenPermutation.for_grid(tuple(grid), kind, device=device, offset=0, total_len=total_len)
+def _token_order(grid: List[int], kind: str, offset: int, total_len: int,
+                 device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    perm = TokenPermutation.for_grid(tuple(grid), kind, device=device, offset=offset, total_len=total_len)
     return perm.forward_index.clone(), perm.inverse_index.clone()
 
 
 @_token_order.register_fake
-def _(grid, kind, total_len, device):
+def _(grid, kind, offset, total_len, device):
     empty = torch.empty(total_len, dtype=torch.long, device=device)
     return empty, torch.empty_like(empty)
 
@@ -55,36 +56,31 @@ class BoundaryOrder:
 
     ``apply(x, dim)`` puts row-major visual tokens in curve order along ``dim``; ``revert`` undoes it. A tensor whose
     ``dim`` is longer than ``total_len`` (e.g. ``[visual, text]``) is permuted on its first ``total_len`` positions.
+    ``offset`` leading tokens (e.g. the text of ``[text, visual]``) keep their place in front of the stream; the
+    attribute ``total_len`` then counts them too. The indices are cached per geometry either way (under
+    ``torch.compile`` they come from the ``token_order`` op, so no curve construction is traced).
     """
 
     __slots__ = ("grid", "kind", "total_len", "forward_index", "inverse_index")
 
-    def __init__(self, grid: Sequence[int], kind: str, total_len: int, device, *, indices=None) -> None:
+    def __init__(self, grid: Sequence[int], kind: str, total_len: int, device, *, indices=None,
+                 offset: int = 0) -> None:
         self.grid = None if grid is None else tuple(int(g) for g in grid)
         self.kind = kind
-        self.total_len = int(total_len)
+        self.total_len = int(offset) + int(total_len)
         device = torch.device(device)
         if indices is not None:
             self.forward_index, self.inverse_index = indices
         elif torch.compiler.is_compiling():
-            self.forward_index, self.inverse_index = _token_order(list(self.grid), kind, self.total_len, device)
+            self.forward_index, self.inverse_index = _token_order(list(self.grid), kind, int(offset),
+                                                                  self.total_len, device)
         else:
-            perm = TokenPermutation.for_grid(self.grid, kind, device=device, offset=0, total_len=self.total_len)
+            perm = TokenPermutation.for_grid(self.grid, kind, device=device, offset=offset, total_len=self.total_len)
             self.forward_index, self.inverse_index = perm.forward_index, perm.inverse_index
 
     @property
     def is_identity(self) -> bool:
         return self.kind == "rowmajor"
-
-    def shifted(self, offset: int) -> "BoundaryOrder":
-        """The same order for a stream with ``offset`` tokens in front (e.g. the text of ``[text, visual]``), which
-        keep their place: ``offset + total_len`` positions, built from this order's indices with tensor ops only
-        (no curve construction for ``torch.compile`` to trace)."""
-        if offset == 0:
-            return self
-        head = torch.arange(offset, device=self.forward_index.device, dtype=self.forward_index.dtype)
-        indices = tuple(torch.cat([head, index + offset]) for index in (self.forward_index, self.inverse_index))
-        return BoundaryOrder(None, self.kind, offset + self.total_len, self.forward_index.device, indices=indices)
 
     def apply(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
         return self._gather(x, dim, self.forward_index)
