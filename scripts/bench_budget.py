@@ -84,8 +84,8 @@ def _stage_times(bench, q, k, v, probs, forced, scale) -> dict:
     nq, nk = probs.shape[-2:]
     index, block = K.sampled_rows(q.shape[2], 128, GUARD_ROWS, q.device)
     flat = probs.reshape(groups, nq, nk)
-    fr, fc = K._per_head(forced, groups, nq), K._per_head(forced, groups, nk)
-    ladder = K._ladder(q.device)
+    fr, fc = K.per_head_mask(forced, groups, nq), K.per_head_mask(forced, groups, nk)
+    ladder = K.ladder_tensor(q.device)
     m, z, u = K.budget_partials_fwd(q, k, v, index, scale=scale, block_n=128)
     bucket = K.budget_buckets_fwd(flat, block, fr, fc, ladder)
     err = torch.empty((groups, index.numel(), ladder.numel()), dtype=torch.float32, device=q.device)

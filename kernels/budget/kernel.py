@@ -242,7 +242,8 @@ def sampled_rows(seq_len_q: int, block_m: int, rows: int, device) -> Tuple[torch
 
 
 @functools.lru_cache(maxsize=16)
-def _ladder(device) -> torch.Tensor:
+def ladder_tensor(device) -> torch.Tensor:
+    """`DROP_MASS_LADDER` as an fp32 tensor on ``device`` (cached): the rungs the bucket and choice stages take."""
     return torch.tensor(DROP_MASS_LADDER, dtype=torch.float32, device=device)
 
 
@@ -291,8 +292,9 @@ def budget_partials_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows:
     return m, z, u
 
 
-def _per_head(mask: torch.Tensor, groups: int, length: int) -> torch.Tensor:
-    """int8 ``[groups or 1, length]`` (last dim contiguous) from a bool ``[length]`` or ``[..., length]`` mask."""
+def per_head_mask(mask: torch.Tensor, groups: int, length: int) -> torch.Tensor:
+    """The forced-block mask as the bucket stage reads it (a stage input, like `ladder_tensor`):
+    int8 ``[groups or 1, length]`` (last dim contiguous) from a bool ``[length]`` or ``[..., length]`` mask."""
     flat = mask.reshape(-1, length)
     if flat.shape[0] not in (1, groups):
         raise ValueError(f"forced blocks must have shape [{length}] or [B, H, {length}], got {tuple(mask.shape)}")
@@ -308,7 +310,7 @@ def budget_buckets_fwd(probs: torch.Tensor, row_block: torch.Tensor, forced_rows
 
     Args:
         probs: ``[B·H, NQ, NK]`` predicted block masses; row_block: int32 ``[R]``;
-        forced_rows: int8 ``[B·H or 1, NQ]``, forced_cols: int8 ``[B·H or 1, NK]`` (`_per_head`).
+        forced_rows: int8 ``[B·H or 1, NQ]``, forced_cols: int8 ``[B·H or 1, NK]`` (`per_head_mask`).
         bh_start, bh_count: the batch·heads of this launch (all by default).
     """
     groups, _, nk = probs.shape
@@ -381,9 +383,9 @@ def budget_drop_mass_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prob
     row_index, row_block = sampled_rows(sq, block_m, rows, q.device)
     r = row_index.numel()
     probs = probs.reshape(groups, nq, nk)
-    forced_rows = _per_head(forced_rows, groups, nq)
-    forced_cols = _per_head(forced_cols, groups, nk)
-    ladder = _ladder(q.device)
+    forced_rows = per_head_mask(forced_rows, groups, nq)
+    forced_cols = per_head_mask(forced_cols, groups, nk)
+    ladder = ladder_tensor(q.device)
     err = torch.empty((groups, r, ladder.numel()), dtype=torch.float32, device=q.device)
     ref_norm = torch.empty((groups, r), dtype=torch.float32, device=q.device)
     per_head = r * nk * (d * torch.finfo(partials_dtype).bits // 8 + 8)

@@ -75,11 +75,11 @@ def test_drop_errors_match_naive_on_the_same_partials(gen, per_head_forced, tota
         fc[:3] = total_mass == 1.0
         fr = torch.zeros(nq, dtype=torch.bool)
         fr[1] = True
-    ladder = K._ladder(torch.device("cpu"))
+    ladder = K.ladder_tensor(torch.device("cpu"))
     err = torch.empty(b * h, r, ladder.numel())
     ref_norm = torch.empty(b * h, r)
-    bucket = K.budget_buckets_fwd(probs.reshape(b * h, nq, nk), row_block, K._per_head(fr, b * h, nq),
-                                  K._per_head(fc, b * h, nk), ladder)
+    bucket = K.budget_buckets_fwd(probs.reshape(b * h, nq, nk), row_block, K.per_head_mask(fr, b * h, nq),
+                                  K.per_head_mask(fc, b * h, nk), ladder)
     K.budget_drop_errors_fwd(torch.zeros_like(z0), z0, u0, bucket, ladder.numel(), err, ref_norm)
     errors, drop = K.budget_choose_fwd(err, ref_norm, ladder, 0.03)
     fc_rows = fc.reshape(-1, nk).expand(b * h, nk)
@@ -91,7 +91,7 @@ def test_drop_errors_match_naive_on_the_same_partials(gen, per_head_forced, tota
 
 
 def test_choose_matches_naive_on_crafted_errors():
-    ladder = K._ladder(torch.device("cpu"))
+    ladder = K.ladder_tensor(torch.device("cpu"))
     c = ladder.numel()
     errors = torch.full((4, c), 0.01)
     errors[1, 5] = 0.2  # a failure in the middle: only the entries after it qualify
