@@ -23,6 +23,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=list(SHAPES))
+    parser.add_argument("--rows", type=int, nargs="+", default=[],
+                        help="also time the sampled rows at these rows per query block (default launch)")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the 16 launch variants")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU")
@@ -47,7 +50,17 @@ def main(argv=None) -> int:
         common = dict(block_m=128, block_n=128, scale=scale)
         reference = K.sampled_rows_block_probs_fwd(q, k, **common)
         best = None
-        for block_r, warps, stages in itertools.product((16, 32, 64, 128), (4, 8), (1, 2)):
+        for count in args.rows:
+            ms = bench(lambda: K.sampled_rows_block_probs_fwd(q, k, **common, rows=count))
+            row = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                       shape=name, seq_len=geo.seq_len, heads=heads, head_dim=dim, batch=2,
+                       case=f"sampled rows, {count} per block (default launch)", block_r="", num_warps="",
+                       num_stages="", ms=round(ms, 4), cudnn_ms=round(dense, 4), share_of_dense=round(ms / dense, 4),
+                       max_abs_diff="")
+            rows.append(row)
+            print(row, flush=True)
+        variants = [] if args.no_sweep else itertools.product((16, 32, 64, 128), (4, 8), (1, 2))
+        for block_r, warps, stages in variants:
             launch = dict(block_r=block_r, num_warps=warps, num_stages=stages)
             try:
                 got = K.sampled_rows_block_probs_fwd(q, k, **common, **launch)

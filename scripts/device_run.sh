@@ -2,7 +2,7 @@
 # One device call: install the carried wheels and this checkout, then run the named parts, logging under $OUT.
 # Parts: tests (GPU suite; in TEST_WORKERS processes when pytest-xdist is among the wheels), budget-tests (its
 # error-budget tests), crossover, budget-cost, budget-eval, e2e, e2e-compile (E2E_MODELS, one or two per call: each
-# compile takes minutes), overhead (per-call launches / syncs / allocations, eager vs CUDA graph), map-reuse.
+# compile takes minutes), sampled-rows (the mixed predictor's rows at 4 and 2 per block), overhead (per-call launches / syncs / allocations, eager vs CUDA graph), map-reuse.
 # Usage: bash scripts/device_run.sh tests budget-eval
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -36,6 +36,8 @@ for part in "$@"; do
            --out "$OUT/overhead_h200.csv" > "$log" 2>&1 ;;
     crossover) python3 scripts/bench_crossover.py --out "$OUT/crossover_h200.csv" --table "$OUT/sm90.json" \
                  > "$log" 2>&1 ;;
+    sampled-rows) python3 scripts/bench_sampled_rows.py --rows 4 2 --no-sweep --out "$OUT/sampled_rows_h200.csv" \
+                    > "$log" 2>&1 ;;
     budget-cost) python3 scripts/bench_budget.py --out "$OUT/budget_cost_h200.csv" > "$log" 2>&1 ;;
     budget-tests) timeout "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -m gpu tests/kernels/test_triton_gpu.py \
                     -k "budget or lse_predictor" -p no:cacheprovider > "$log" 2>&1 ;;
