@@ -50,15 +50,18 @@ def main(argv=None) -> int:
         common = dict(block_m=128, block_n=128, scale=scale)
         reference = K.sampled_rows_block_probs_fwd(q, k, **common)
         best = None
-        for count in args.rows:
-            ms = bench(lambda: K.sampled_rows_block_probs_fwd(q, k, **common, rows=count))
+
+        def record(case, ms, block_r="", num_warps="", num_stages="", max_abs_diff=""):
             row = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                       shape=name, seq_len=geo.seq_len, heads=heads, head_dim=dim, batch=2,
-                       case=f"sampled rows, {count} per block (default launch)", block_r="", num_warps="",
-                       num_stages="", ms=round(ms, 4), cudnn_ms=round(dense, 4), share_of_dense=round(ms / dense, 4),
-                       max_abs_diff="")
+                       shape=name, seq_len=geo.seq_len, heads=heads, head_dim=dim, batch=2, case=case,
+                       block_r=block_r, num_warps=num_warps, num_stages=num_stages, ms=round(ms, 4),
+                       cudnn_ms=round(dense, 4), share_of_dense=round(ms / dense, 4), max_abs_diff=max_abs_diff)
             rows.append(row)
             print(row, flush=True)
+
+        for count in args.rows:
+            record(f"sampled rows, {count} per block (default launch)",
+                   bench(lambda: K.sampled_rows_block_probs_fwd(q, k, **common, rows=count)))
         variants = [] if args.no_sweep else itertools.product((16, 32, 64, 128), (4, 8), (1, 2))
         for block_r, warps, stages in variants:
             launch = dict(block_r=block_r, num_warps=warps, num_stages=stages)
@@ -69,12 +72,7 @@ def main(argv=None) -> int:
                 continue
             same = float((got - reference).abs().max())
             ms = bench(lambda: K.sampled_rows_block_probs_fwd(q, k, **common, **launch))
-            row = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                       shape=name, seq_len=geo.seq_len, heads=heads, head_dim=dim, batch=2, case="sampled rows",
-                       block_r=block_r, num_warps=warps, num_stages=stages, ms=round(ms, 4),
-                       cudnn_ms=round(dense, 4), share_of_dense=round(ms / dense, 4), max_abs_diff=same)
-            rows.append(row)
-            print(row, flush=True)
+            record("sampled rows", ms, block_r=block_r, num_warps=warps, num_stages=stages, max_abs_diff=same)
             if same < 1e-4 and (best is None or ms < best[0]):
                 best = (ms, launch)
         keep = [geo.text_range]
@@ -90,12 +88,7 @@ def main(argv=None) -> int:
                 lambda: sparge_attn(q, k, v, config=calls["mixed topk 0.5 (default launch)"]))
             K.SAMPLED_LAUNCH[kernel_dim] = saved
         for label, ms in timed.items():
-            row = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                       shape=name, seq_len=geo.seq_len, heads=heads, head_dim=dim, batch=2, case=label,
-                       block_r="", num_warps="", num_stages="", ms=round(ms, 4), cudnn_ms=round(dense, 4),
-                       share_of_dense=round(ms / dense, 4), max_abs_diff="")
-            rows.append(row)
-            print(row, flush=True)
+            record(label, ms)
     with open(args.out, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

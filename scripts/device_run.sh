@@ -2,7 +2,8 @@
 # One device call: install the carried wheels and this checkout, then run the named parts, logging under $OUT.
 # Parts: tests (GPU suite; in TEST_WORKERS processes when pytest-xdist is among the wheels), budget-tests (its
 # error-budget tests), crossover, budget-cost, budget-eval, e2e, e2e-compile (E2E_MODELS, one or two per call: each
-# compile takes minutes), sampled-rows (the mixed predictor's rows at 4 and 2 per block), overhead (per-call launches / syncs / allocations, eager vs CUDA graph), map-reuse.
+# compile takes minutes), sampled-rows (the mixed predictor's rows at 4 and 2 per block), overhead (per-call
+# launches / syncs / allocations, eager vs CUDA graph), map-reuse.
 # Usage: bash scripts/device_run.sh tests budget-eval
 set -uo pipefail
 OUT=${OUT:-/tmp/out}

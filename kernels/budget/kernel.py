@@ -42,7 +42,7 @@ from ..geometry import num_blocks
 from .naive import DROP_MASS_LADDER, GUARD_MARGIN, GUARD_ROWS, KEEP_ALL, sample_rows
 
 __all__ = ["budget_buckets_fwd", "budget_choose_fwd", "budget_drop_errors_fwd", "budget_drop_mass_fwd",
-           "budget_partials_fwd", "sampled_rows"]
+           "budget_partials_fwd", "ladder_tensor", "per_head_mask", "sampled_rows"]
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
