@@ -164,7 +164,7 @@ class CogVideoXFamily(Family):
         grid = resolve_grid(self.name, grid, num_visual, context.geometry)
         text_len = encoder_hidden_states.shape[1]
         context.begin_forward(grid=grid, num_visual=num_visual, text_len=text_len, text_side="first",
-                              timestep=bound.get("timestep"))
+                              timestep=bound.get("timestep"), batch=hidden_states.shape[0])
         perm = boundary_permutation(context, hidden_states.device)
         if perm is None:
             return

@@ -110,7 +110,7 @@ class FluxFamily(Family):
                 and context.reorder_at == "boundary"):
             # the grid is in the ids (data-dependent): one opaque op gives the order, the graph stays whole
             context.begin_forward(grid=None, num_visual=num_visual, text_len=text_len, text_side="first",
-                                  timestep=bound.get("timestep"))
+                                  timestep=bound.get("timestep"), batch=hidden_states.shape[0])
             perm = None
             if context.reorder_kind != "rowmajor" and context.reorder_pays(hidden_states.device):
                 perm = ids_boundary_order(ids2d, self.name, context.reorder_kind)
@@ -141,7 +141,7 @@ class FluxFamily(Family):
         else:
             grid = None if ids2d is None else self.grid_of(ids2d)
         context.begin_forward(grid=grid, num_visual=num_visual, text_len=text_len, text_side="first",
-                              timestep=bound.get("timestep"))
+                              timestep=bound.get("timestep"), batch=bound.get("hidden_states").shape[0])
         return context.permutation_for(bound.get("hidden_states").device)
 
 

@@ -167,7 +167,7 @@ class MochiFamily(Family):
         mask = bound.get("encoder_attention_mask")
         text_len = None if mask is None else mask.shape[-1]
         context.begin_forward(grid=grid, num_visual=num_visual, text_len=text_len, text_side="last",
-                              timestep=bound.get("timestep"))
+                              timestep=bound.get("timestep"), batch=hidden_states.shape[0])
         perm = boundary_permutation(context, hidden_states.device)
         context.current.permutation = perm
         context.current.entry_permutation = perm

@@ -3,7 +3,8 @@
 # Parts: tests (GPU suite; in TEST_WORKERS processes when pytest-xdist is among the wheels), budget-tests (its
 # error-budget tests), crossover, budget-cost, budget-eval, e2e, e2e-compile (E2E_MODELS, one or two per call: each
 # compile takes minutes), sampled-rows (the mixed predictor's rows at 4 and 2 per block), overhead (per-call
-# launches / syncs / allocations, eager vs CUDA graph), map-reuse.
+# launches / syncs / allocations, eager vs CUDA graph), map-reuse, profile (a few-block Flux step, stock against
+# Sparge, per kernel).
 # Usage: bash scripts/device_run.sh tests budget-eval
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -35,10 +36,12 @@ for part in "$@"; do
            --out "$OUT/e2e_compile" > "$log" 2>&1 ;;
     overhead) timeout "${OVERHEAD_TIMEOUT:-420}" python3 scripts/bench_overhead.py ${OVERHEAD_ARGS:-} \
            --out "$OUT/overhead_h200.csv" > "$log" 2>&1 ;;
-    crossover) python3 scripts/bench_crossover.py --out "$OUT/crossover_h200.csv" --table "$OUT/sm90.json" \
+    crossover) cp sparge_diffusers/crossover/sm90.json "$OUT/sm90.json"  # its other entries are kept
+               python3 scripts/bench_crossover.py --out "$OUT/crossover_h200.csv" --table "$OUT/sm90.json" \
                  > "$log" 2>&1 ;;
     sampled-rows) python3 scripts/bench_sampled_rows.py --rows 4 2 --no-sweep --out "$OUT/sampled_rows_h200.csv" \
                     > "$log" 2>&1 ;;
+    profile) timeout "${PROFILE_TIMEOUT:-300}" python3 scripts/profile_step.py ${PROFILE_ARGS:-} > "$log" 2>&1 ;;
     budget-cost) python3 scripts/bench_budget.py --out "$OUT/budget_cost_h200.csv" > "$log" 2>&1 ;;
     budget-tests) timeout "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -m gpu tests/kernels/test_triton_gpu.py \
                     -k "budget or lse_predictor" -p no:cacheprovider > "$log" 2>&1 ;;

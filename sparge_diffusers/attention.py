@@ -101,7 +101,7 @@ def sparge_attn(
     ranges = config.keep_token_ranges if keep_ranges is None else _check_ranges("keep_ranges", keep_ranges)
 
     selection = config.selection
-    backend = _choose_backend(q, k, config)
+    backend = _choose_backend(q, k, config, _forced_tokens(ranges, k.shape[-2]))
     drop = None
     if selection.rule == "budget" and backend != "dense":
         _warn_below_floor(config)
@@ -244,7 +244,18 @@ def _pad_head_dim(q, k, v):
     return tuple(torch.nn.functional.pad(x, (0, target - head_dim)) for x in (q, k, v))
 
 
-def _choose_backend(q: torch.Tensor, k: torch.Tensor, config: SpargeConfig) -> str:
+def _forced_tokens(ranges, seq_len: int) -> int:
+    """Tokens of ``seq_len`` inside the always-computed ranges (overlaps counted once)."""
+    covered, end_so_far = 0, 0
+    for start, end in sorted(ranges):
+        start, end = max(start, end_so_far), min(end, seq_len)
+        if end > start:
+            covered += end - start
+            end_so_far = end
+    return covered
+
+
+def _choose_backend(q: torch.Tensor, k: torch.Tensor, config: SpargeConfig, forced_tokens: int = 0) -> str:
     head_dim = q.shape[-1]
     if head_dim > max(KERNEL_HEAD_DIMS) or (head_dim not in KERNEL_HEAD_DIMS and config.head_dim_fallback == "dense"):
         log_once(logger, f"head_dim{head_dim}", "sparge_attn: head dim %d is not supported by the sparse kernels; "
@@ -255,7 +266,7 @@ def _choose_backend(q: torch.Tensor, k: torch.Tensor, config: SpargeConfig) -> s
     if config.is_dense and config.precision == "bf16":
         return "dense"
     if q.is_cuda:
-        choice, reason = _cuda_backend(q, k, config)
+        choice, reason = _cuda_backend(q, k, config, forced_tokens)
         if reason is not None:
             log_once(logger, f"triton:{reason}", "sparge_attn: Triton kernels unavailable (%s); using the PyTorch "
                      "reference path, which is correct but slow", reason)
@@ -263,20 +274,23 @@ def _choose_backend(q: torch.Tensor, k: torch.Tensor, config: SpargeConfig) -> s
     return "reference"
 
 
-# (device, head dim, key length, selection, speed rule) -> (backend, reason the Triton path is unavailable)
+# (device, head dim, key length, batch * heads, forced tokens, selection, speed rule) -> (backend, reason the Triton
+# path is unavailable)
 _CUDA_BACKENDS: dict = {}
 
 
-def _cuda_backend(q: torch.Tensor, k: torch.Tensor, config: SpargeConfig) -> Tuple[str, Optional[str]]:
+def _cuda_backend(q: torch.Tensor, k: torch.Tensor, config: SpargeConfig,
+                  forced_tokens: int = 0) -> Tuple[str, Optional[str]]:
     """The speed rule and the Triton check of a CUDA call, memoized per geometry in eager mode (they read the device
     capability and the crossover table: about 10-20 µs of Python a call)."""
     compiling = torch.compiler.is_compiling()
-    key = (q.device, q.shape[-1], k.shape[-2], config.selection, config.speed_rule)
+    key = (q.device, q.shape[-1], k.shape[-2], q.shape[0] * q.shape[1], forced_tokens, config.selection,
+           config.speed_rule)
     if not compiling and key in _CUDA_BACKENDS:
         return _CUDA_BACKENDS[key]
     from .kernels.dispatch import triton_unavailable_reason
 
-    if should_go_dense(q, k, config):
+    if should_go_dense(q, k, config, forced_tokens):
         result = ("dense", None)
     else:
         reason = triton_unavailable_reason(q)

@@ -62,6 +62,7 @@ class SpargeContext:
         self.pair_masks = False  # the family's masks are pair masks m[i, j] = valid[i] & valid[j] (HunyuanVideo 1.5)
         self.finite = FiniteCheck()  # the deferred NaN / inf check of this forward's calls (`end_forward` reads it)
         self.head_dim: Optional[int] = None  # the transformer's attention head dim (`reorder_pays`), when known
+        self.heads: Optional[int] = None  # and its attention heads
         self._last_timestep: Optional[float] = None
 
     @property
@@ -80,9 +81,11 @@ class SpargeContext:
         """A new pipeline call: the next forward is step 0."""
         self._last_timestep = None
 
-    def begin_forward(self, *, grid, num_visual: int, text_len: Optional[int], text_side: str, timestep) -> None:
-        """Called by the geometry hook at the start of every transformer forward."""
+    def begin_forward(self, *, grid, num_visual: int, text_len: Optional[int], text_side: str, timestep,
+                      batch: Optional[int] = None) -> None:
+        """Called by the geometry hook at the start of every transformer forward (``batch``: of its hidden states)."""
         cur = self.current
+        cur.batch = batch
         cur.forward_index += 1
         cur.active = True
         cur.grid = grid
@@ -141,10 +144,12 @@ class SpargeContext:
         from .speed_rule import dense_for
 
         cur = self.current
-        if self.head_dim is None:
+        if self.head_dim is None or self.heads is None or cur.batch is None:
             return True
-        seq_len = cur.num_visual + (cur.text_len or 0 if cur.text_side != "none" else 0)
-        if not dense_for(device, self.head_dim, seq_len, self.config):
+        text = cur.text_len or 0 if cur.text_side != "none" else 0
+        seq_len = cur.num_visual + text
+        forced = (self.text_keep_len(text) if text else 0) / seq_len if seq_len else 0.0
+        if not dense_for(device, self.head_dim, seq_len, cur.batch * self.heads, self.config, forced):
             return True
         if not torch.compiler.is_compiling():
             log_once(logger, f"reorder-skip:{seq_len}:{self.head_dim}", "sparge: the speed rule sends attention "

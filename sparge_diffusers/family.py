@@ -237,8 +237,10 @@ class Family:
         """Read the geometry of this forward, start it on the context, permute the transformer's own arguments."""
         grid, num_visual = self.grid(transformer, bound)
         grid = resolve_grid(self.name, grid, num_visual, context.geometry, allow_partial=self.grid_allow_partial)
+        hidden_states = bound.get("hidden_states")
         context.begin_forward(grid=grid, num_visual=num_visual, text_len=self.text_len(bound),
-                              text_side=self.text_side, timestep=bound.get("timestep"))
+                              text_side=self.text_side, timestep=bound.get("timestep"),
+                              batch=hidden_states.shape[0] if isinstance(hidden_states, torch.Tensor) else None)
         if not self.can_reorder(transformer, bound):
             return
         if getattr(transformer, "_parallel_config", None) is not None:

@@ -57,6 +57,7 @@ class ForwardGeometry:
         grid: latent grid after patching, or None when unknown (no hooks, or an unexpected token count).
         num_visual: visual tokens of the hidden states (image models: condition-image tokens included).
         text_len: text tokens the model was given (Mochi: the padded length; valid tokens are per sample).
+        batch: batch size of the hidden states, or None when the hook did not say.
         text_first: True when the attention sequence is ``[text, visual]``, False for ``[visual, text]``.
         text_side: ``"first"``, ``"last"`` or ``"none"`` (visual-only self-attention).
         step: denoising step index; ``generation``: how many times the step counter restarted at 0.
@@ -73,6 +74,7 @@ class ForwardGeometry:
         self.grid: Optional[Tuple[int, ...]] = None
         self.num_visual = 0
         self.text_len: Optional[int] = None
+        self.batch: Optional[int] = None
         self.text_side = "first"
         self.step = 0
         self.generation = 0

@@ -103,8 +103,11 @@ def apply_sparge(pipe_or_transformer, config: Optional[SpargeConfig] = None, *,
     context = SpargeContext(config, collect_stats=collect_stats, geometry=geometry, reorder_at=reorder_at,
                             family=family.name)
     context.pair_masks = family.pair_masks
-    head_dim = getattr(getattr(transformer, "config", None), "attention_head_dim", None)
+    model_config = getattr(transformer, "config", None)
+    head_dim = getattr(model_config, "attention_head_dim", None)
     context.head_dim = head_dim if isinstance(head_dim, int) else None
+    heads = getattr(model_config, "num_attention_heads", None)
+    context.heads = heads if isinstance(heads, int) else None
     parameter = next(transformer.parameters(), None)
     if parameter is not None:
         prime_capability(parameter.device)  # eagerly: a compiled forward then only looks the GPU class up

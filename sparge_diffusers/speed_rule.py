@@ -1,20 +1,23 @@
 """Never slower than stock: calls where the sparse path cannot beat dense cuDNN attention go dense.
 
 The whole sparse call (prediction, quantization, kernel, Python launch cost in eager mode) beats cuDNN SDPA only
-above some sequence length and sparsity. Those crossovers were measured per GPU class (`scripts/bench_crossover.py`)
-and are committed as small tables (``sparge_diffusers/crossover/sm90.json``: for each head dim, the least sparsity at
-which the eager sparse call was faster, per measured length). With ``SpargeConfig(speed_rule="auto")`` (the default)
-a CUDA call goes to dense SDPA when
+above some amount of work and sparsity. Those crossovers were measured per GPU class (`scripts/bench_crossover.py`)
+and are committed as small tables (``sparge_diffusers/crossover/sm90.json``: for each head dim and each measured call,
+key length × batch·heads, the least sparsity at which the eager sparse call was faster). A call's work is
+``batch · heads · Sq · Sk``: the launch cost of the sparse path is fixed, so the same length with half the heads
+(Flux.1-dev's batch 1 against a CFG batch of 2) may lose where the larger call wins. With
+``SpargeConfig(speed_rule="auto")`` (the default) a CUDA call goes to dense SDPA unless some measured call that was
+no longer and did no more work than it won at a sparsity the call reaches:
 
-- its key length is below the shortest measured length, or at a length where no measured sparsity won;
-- its sparsity is known before prediction (top-k: ``1 − topk``) and below the crossover at that length;
+- its key length is below the shortest measured length, or its work below the least measured work;
+- its sparsity is known before prediction (top-k: ``1 − topk``) and below every crossover that applies;
 - its head dim is padded (e.g. 96 → 128) and the sparsity does not pay for the padding as well.
 
-For rules whose sparsity is known only after prediction (τ, ε), only the length test applies. A ``target_error`` call
-that has to measure its drop masses itself (no `BudgetGuard`, no calibration) also goes dense below the shortest
-length where such calls were measured faster than cuDNN (`measuring_budget_loses`). The eager table is
-conservative under ``torch.compile``, where launch cost is lower. ``speed_rule="sparse"`` always runs the sparse
-path (benchmarks and tests do).
+For rules whose sparsity is known only after prediction (τ, ε), only the length and work test applies. A
+``target_error`` call that has to measure its drop masses itself (no `BudgetGuard`, no calibration) also goes dense
+below the shortest length where such calls were measured faster than cuDNN (`measuring_budget_loses`). The eager table
+is conservative under ``torch.compile``, whose launches cost less (the custom op's own launches still run in Python).
+``speed_rule="sparse"`` always runs the sparse path (benchmarks and tests do).
 """
 
 from __future__ import annotations
@@ -43,15 +46,18 @@ def _load_measurements() -> Dict[str, dict]:
     return data
 
 
-def _table_of(data: dict) -> Dict[int, List[Tuple[int, Optional[float]]]]:
-    return {int(d): sorted((int(s), None if w is None else float(w)) for s, w in entries)
+Entry = Tuple[int, int, Optional[float]]  # (key length, batch * heads, least winning sparsity or None)
+
+
+def _table_of(data: dict) -> Dict[int, List[Entry]]:
+    return {int(d): sorted((int(s), int(bh), None if w is None else float(w)) for s, bh, w in entries)
             for d, entries in data["min_sparsity"].items()}
 
 
 # Read once at import, not at the first call: torch.compile traces the speed rule, and a file read inside the trace
 # is a graph break (a transformer compiled before any eager call broke its graph at the first attention layer).
 _MEASUREMENTS: Dict[str, dict] = _load_measurements()
-_TABLES: Dict[str, Dict[int, List[Tuple[int, Optional[float]]]]] = {
+_TABLES: Dict[str, Dict[int, List[Entry]]] = {
     capability: _table_of(data) for capability, data in _MEASUREMENTS.items()}
 
 
@@ -89,9 +95,9 @@ def _capability_for(device: torch.device) -> str:
     return capability
 
 
-def crossover_table(capability: str) -> Optional[Dict[int, List[Tuple[int, Optional[float]]]]]:
-    """``{head_dim: [(seq_len, least winning sparsity or None), ...]}`` measured on a GPU class (``"sm90"``), or None
-    when no table was measured for it."""
+def crossover_table(capability: str) -> Optional[Dict[int, List[Entry]]]:
+    """``{head_dim: [(seq_len, batch_heads, least winning sparsity or None), ...]}`` measured on a GPU class
+    (``"sm90"``), or None when no table was measured for it."""
     return _TABLES.get(capability)
 
 
@@ -108,14 +114,13 @@ def measuring_budget_loses(device: torch.device, seq_len_k: int) -> bool:
     return min_len is not None and seq_len_k < min_len
 
 
-def least_winning_sparsity(table, head_dim: int, seq_len: int) -> Optional[float]:
-    """The crossover sparsity for a call: that of the longest measured length ``<= seq_len`` (None: cannot win)."""
+def least_winning_sparsity(table, head_dim: int, seq_len: int, batch_heads: int) -> Optional[float]:
+    """The crossover sparsity for a call of ``batch_heads`` (batch × heads) attention problems of ``seq_len`` keys:
+    the least sparsity that won at a measured call no longer and with no more work (None: cannot win)."""
     kernel_dim = 64 if head_dim <= 64 else 128
-    entries = table.get(kernel_dim, [])
-    below = [w for s, w in entries if s <= seq_len]
-    if not below:
-        return None
-    winning = below[-1]
+    work = batch_heads * seq_len * seq_len
+    applicable = [w for s, bh, w in table.get(kernel_dim, []) if s <= seq_len and bh * s * s <= work]
+    winning = min((w for w in applicable if w is not None), default=None)
     if winning is not None and head_dim < kernel_dim:
         # padding costs kernel_dim / head_dim more work than dense at the true head dim: the kept share must
         # shrink by that factor too
@@ -123,36 +128,51 @@ def least_winning_sparsity(table, head_dim: int, seq_len: int) -> Optional[float
     return winning
 
 
-def sparse_can_win(table, head_dim: int, seq_len: int, expected_sparsity: Optional[float]) -> bool:
-    winning = least_winning_sparsity(table, head_dim, seq_len)
+def sparse_can_win(table, head_dim: int, seq_len: int, batch_heads: int, expected_sparsity: Optional[float]) -> bool:
+    winning = least_winning_sparsity(table, head_dim, seq_len, batch_heads)
     if winning is None:
         return False
     return expected_sparsity is None or expected_sparsity >= winning
 
 
-def dense_by_table(table, head_dim: int, seq_len_k: int, config) -> bool:
+def expected_sparsity(config, forced_share: float = 0.0) -> Optional[float]:
+    """The sparsity a call of ``config`` reaches, when known before prediction (top-k), else None. ``forced_share``:
+    the share of the tokens always computed (the text): their query rows are dense and their key columns always
+    kept, so top-k's ``1 − topk`` applies to about ``(1 − forced_share)²`` of the blocks (Flux.1-dev 1024²: 512 of
+    4,608 tokens, topk 0.5 → 0.40)."""
+    selection = config.selection
+    if selection.rule != "topk":
+        return None
+    return (1.0 - selection.value) * (1.0 - min(max(forced_share, 0.0), 1.0)) ** 2
+
+
+def dense_by_table(table, head_dim: int, seq_len_k: int, batch_heads: int, config, forced_share: float = 0.0) -> bool:
     """True when ``table`` (`crossover_table`) says dense cuDNN attention beats the sparse call of ``config`` at this
-    head dim and key length. The one place the rule is decided: `should_go_dense` (per call) and
-    `SpargeContext.reorder_pays` (per forward: no token reorder when every call would go dense) both ask it."""
+    head dim, key length and batch × heads (``forced_share``: `expected_sparsity`). The one place the rule is decided:
+    `should_go_dense` (per call) and `SpargeContext.reorder_pays` (per forward: no token reorder when every call would
+    go dense) both ask it."""
     if config.speed_rule != "auto" or table is None:
         return False
-    selection = config.selection
-    expected = 1.0 - selection.value if selection.rule == "topk" else None
-    return not sparse_can_win(table, head_dim, seq_len_k, expected)
+    return not sparse_can_win(table, head_dim, seq_len_k, batch_heads, expected_sparsity(config, forced_share))
 
 
-def dense_for(device: torch.device, head_dim: int, seq_len_k: int, config) -> bool:
+def dense_for(device: torch.device, head_dim: int, seq_len_k: int, batch_heads: int, config,
+              forced_share: float = 0.0) -> bool:
     """`dense_by_table` with the table of ``device``'s GPU class; False off CUDA (the rule is measured on GPUs)."""
     device = device if isinstance(device, torch.device) else torch.device(device)  # as given under torch.compile
     if device.type != "cuda":
         return False
-    return dense_by_table(crossover_table(_capability_for(device)), head_dim, seq_len_k, config)
+    return dense_by_table(crossover_table(_capability_for(device)), head_dim, seq_len_k, batch_heads, config,
+                          forced_share)
 
 
-def should_go_dense(q: torch.Tensor, k: torch.Tensor, config) -> bool:
-    """True when the measured crossover says dense cuDNN attention is faster for this call (CUDA only)."""
-    return dense_for(q.device, q.shape[-1], k.shape[-2], config)
+def should_go_dense(q: torch.Tensor, k: torch.Tensor, config, forced_tokens: int = 0) -> bool:
+    """True when the measured crossover says dense cuDNN attention is faster for this call (CUDA only); ``q``, ``k``
+    are ``[B, H, S, D]``; ``forced_tokens``: tokens always computed (the text)."""
+    seq_len_k = k.shape[-2]
+    return dense_for(q.device, q.shape[-1], seq_len_k, q.shape[0] * q.shape[1], config,
+                     forced_tokens / seq_len_k if seq_len_k else 0.0)
 
 
 __all__ = ["SPEED_RULES", "crossover_table", "prime_capability", "dense_by_table", "dense_for", "least_winning_sparsity",
-           "measuring_budget_loses", "should_go_dense", "sparse_can_win"]
+           "expected_sparsity", "measuring_budget_loses", "should_go_dense", "sparse_can_win"]

@@ -48,7 +48,7 @@ def test_compiled_sparge_attn_with_a_guard_goes_through_the_op(gen, monkeypatch)
         return original(*args)
 
     monkeypatch.setattr("sparge_diffusers.compiled_guard.guarded_sparge_attention", counting)
-    monkeypatch.setattr(attention, "_choose_backend", lambda q, k, config: "triton")  # the CUDA choice, on the CPU
+    monkeypatch.setattr(attention, "_choose_backend", lambda q, k, config, forced=0: "triton")  # the CUDA choice, on the CPU
     q, k, v = _qkv(gen)
     guard = BudgetGuard()
     config = SpargeConfig(target_error=0.05, precision="int8-fp16", block_n=64, keep_token_ranges=[(0, 40)],

@@ -5,37 +5,69 @@ import pytest
 from sparge_diffusers import SpargeConfig
 from sparge_diffusers.speed_rule import crossover_table, least_winning_sparsity, sparse_can_win
 
-TABLE = {64: [(1024, None), (4608, 0.7), (17776, 0.0)], 128: [(1024, None), (4608, 0.5), (17776, 0.1)]}
+# (key length, batch * heads, least winning sparsity); measured at 24 and 48 heads x batch
+TABLE = {64: [(1024, 48, None), (4608, 48, 0.7), (17776, 48, 0.0)],
+         128: [(1024, 48, None), (4608, 24, None), (4608, 48, 0.5), (17776, 24, 0.3), (17776, 48, 0.1)]}
 
 
-@pytest.mark.parametrize("head_dim, seq_len, sparsity, wins", [
-    (64, 512, 0.9, False),      # shorter than anything measured
-    (64, 2000, 0.9, False),     # at 1024 nothing won
-    (64, 5000, 0.5, False),     # at 4608 it takes 0.7
-    (64, 5000, 0.8, True),
-    (64, 20000, 0.0, True),     # long sequences win even dense
-    (128, 20000, 0.05, False),
-    (128, 20000, None, True),   # unknown sparsity: only the length test
-    (128, 2000, None, False),
-    (96, 20000, 0.1, False),    # padded 96 -> 128: needs 1 - 0.9 * 0.75 = 0.325
-    (96, 20000, 0.4, True),
+@pytest.mark.parametrize("head_dim, seq_len, batch_heads, sparsity, wins", [
+    (64, 512, 48, 0.9, False),      # shorter than anything measured
+    (64, 2000, 48, 0.9, False),     # at 1024 nothing won
+    (64, 5000, 48, 0.5, False),     # at 4608 it takes 0.7
+    (64, 5000, 48, 0.8, True),
+    (64, 20000, 48, 0.0, True),     # long sequences win even dense
+    (64, 20000, 12, 0.0, False),    # a quarter of the heads: less work than the 17,776 call, more than 4,608's 48
+    (64, 20000, 12, 0.7, True),     # ... so the 4,608 x 48 crossover applies
+    (128, 20000, 48, 0.05, False),
+    (128, 20000, 48, None, True),   # unknown sparsity: only the length and work test
+    (128, 2000, 48, None, False),
+    (128, 4608, 24, 0.9, False),    # batch 1 at 4,608 never won (Flux.1-dev)
+    (128, 4608, 48, 0.5, True),     # the CFG batch of 2 did
+    (128, 4608, 47, 0.5, False),    # less work than the call that won
+    (128, 17776, 40, 0.2, False),   # between the measured head counts: the smaller one's crossover
+    (128, 17776, 40, 0.3, True),
+    (128, 4000, 1000, 0.9, False),  # much more work but shorter than anything measured to win
+    (96, 20000, 48, 0.1, False),    # padded 96 -> 128: needs 1 - 0.9 * 0.75 = 0.325
+    (96, 20000, 48, 0.4, True),
 ])
-def test_sparse_can_win(head_dim, seq_len, sparsity, wins):
-    assert sparse_can_win(TABLE, head_dim, seq_len, sparsity) is wins
+def test_sparse_can_win(head_dim, seq_len, batch_heads, sparsity, wins):
+    assert sparse_can_win(TABLE, head_dim, seq_len, batch_heads, sparsity) is wins
 
 
 def test_padding_raises_the_crossover():
-    assert least_winning_sparsity(TABLE, 96, 20000) == pytest.approx(1 - 0.9 * 96 / 128)
-    assert least_winning_sparsity(TABLE, 128, 20000) == pytest.approx(0.1)
+    assert least_winning_sparsity(TABLE, 96, 20000, 48) == pytest.approx(1 - 0.9 * 96 / 128)
+    assert least_winning_sparsity(TABLE, 128, 20000, 48) == pytest.approx(0.1)
+
+
+def test_forced_text_lowers_the_expected_sparsity():
+    from sparge_diffusers.speed_rule import expected_sparsity
+
+    assert expected_sparsity(SpargeConfig(topk=0.5)) == pytest.approx(0.5)
+    # Flux.1-dev: 512 text tokens of 4,608 are computed densely (rows and columns)
+    assert expected_sparsity(SpargeConfig(topk=0.5), 512 / 4608) == pytest.approx(0.5 * (4096 / 4608) ** 2)
+    assert expected_sparsity(SpargeConfig(target_error=0.05), 0.1) is None
+    # at the 4,608 x 48 crossover (0.5) topk 0.5 wins only without forced tokens
+    from sparge_diffusers.speed_rule import dense_by_table
+
+    assert not dense_by_table(TABLE, 128, 4608, 48, SpargeConfig(topk=0.5))
+    assert dense_by_table(TABLE, 128, 4608, 48, SpargeConfig(topk=0.5), 512 / 4608)
+
+
+def test_forced_tokens_count_each_token_once():
+    from sparge_diffusers.attention import _forced_tokens
+
+    assert _forced_tokens((), 100) == 0
+    assert _forced_tokens(((0, 10), (5, 20), (90, 120)), 100) == 30
+    assert _forced_tokens(((50, 60), (0, 10)), 100) == 20
 
 
 def test_committed_table_is_well_formed():
     table = crossover_table("sm90")
     assert table is not None and set(table) == {64, 128}
     for entries in table.values():
-        lengths = [s for s, _ in entries]
-        assert lengths == sorted(lengths) and len(lengths) >= 4
-        assert all(w is None or 0.0 <= w <= 1.0 for _, w in entries)
+        assert entries == sorted(entries) and len({s for s, _, _ in entries}) >= 4
+        assert len({bh for _, bh, _ in entries}) >= 2  # at least two batch x heads sizes per head dim
+        assert all(w is None or 0.0 <= w <= 1.0 for _, _, w in entries)
     assert crossover_table("sm10") is None
 
 
@@ -57,16 +89,16 @@ def test_committed_table_records_the_measured_budget_call():
     assert speed_rule._measured_budget_min_len("sm10") is None
 
 
-@pytest.mark.parametrize("config, seq_len, dense", [
-    (SpargeConfig(topk=0.5), 4608, True),         # Flux.1-dev 1024^2: nothing measured at 4,608 won (head dim 128)
-    (SpargeConfig(topk=0.5), 17776, False),       # CogVideoX-2b length wins
-    (SpargeConfig(target_error=0.05), 4608, True),
-    (SpargeConfig(topk=0.5, speed_rule="sparse"), 4608, False),
+@pytest.mark.parametrize("config, seq_len, batch_heads, dense", [
+    (SpargeConfig(topk=0.5), 4608, 24, True),          # Flux.1-dev 1024^2, batch 1: the sparse call loses there
+    (SpargeConfig(topk=0.5), 17776, 60, False),        # CogVideoX-2b length and CFG batch win
+    (SpargeConfig(target_error=0.05), 1024, 24, True),
+    (SpargeConfig(topk=0.5, speed_rule="sparse"), 4608, 24, False),
 ])
-def test_dense_by_table_reads_the_committed_table(config, seq_len, dense):
+def test_dense_by_table_reads_the_committed_table(config, seq_len, batch_heads, dense):
     from sparge_diffusers.speed_rule import dense_by_table
 
-    assert dense_by_table(crossover_table("sm90"), 128, seq_len, config) is dense
+    assert dense_by_table(crossover_table("sm90"), 128, seq_len, batch_heads, config, 512 / 4608) is dense
 
 
 def test_no_token_reorder_when_every_call_goes_dense(monkeypatch):
@@ -80,30 +112,40 @@ def test_no_token_reorder_when_every_call_goes_dense(monkeypatch):
     monkeypatch.setattr(speed_rule, "_capability_for", lambda device: "sm90")
     cuda = torch.device("cuda")
     context = SpargeContext(SpargeConfig(topk=0.5))
-    context.begin_forward(grid=(64, 64), num_visual=4096, text_len=512, text_side="first", timestep=None)
-    assert context.reorder_pays(cuda)  # head dim unknown: reorder as before
-    context.head_dim = 128
+    context.begin_forward(grid=(64, 64), num_visual=4096, text_len=512, text_side="first", timestep=None, batch=1)
+    assert context.reorder_pays(cuda)  # head dim and heads unknown: reorder as before
+    context.head_dim, context.heads = 128, 24
     assert not context.reorder_pays(cuda) and context.permutation_for(cuda) is None
     assert context.reorder_pays(torch.device("cpu"))  # off CUDA the rule does not apply
-    context.begin_forward(grid=(1, 128, 136), num_visual=17408, text_len=368, text_side="first", timestep=None)
+    context.begin_forward(grid=(1, 128, 136), num_visual=17408, text_len=368, text_side="first", timestep=None,
+                          batch=2)
     assert context.reorder_pays(cuda)  # 17,776 tokens: the sparse path wins, reorder
-    context.begin_forward(grid=(8, 24, 24), num_visual=4608, text_len=512, text_side="none", timestep=None)
+    context.begin_forward(grid=(8, 24, 24), num_visual=1024, text_len=512, text_side="none", timestep=None, batch=1)
     assert not context.reorder_pays(cuda)  # cross-attention text does not lengthen the self-attention
+    context.begin_forward(grid=(64, 64), num_visual=4096, text_len=512, text_side="first", timestep=None)
+    assert context.reorder_pays(cuda)  # batch unknown: reorder
     forced = SpargeContext(SpargeConfig(topk=0.5, speed_rule="sparse"))
-    forced.head_dim = 128
-    forced.begin_forward(grid=(64, 64), num_visual=4096, text_len=512, text_side="first", timestep=None)
+    forced.head_dim, forced.heads = 128, 24
+    forced.begin_forward(grid=(64, 64), num_visual=4096, text_len=512, text_side="first", timestep=None, batch=1)
     assert forced.reorder_pays(cuda)
 
 
 def test_apply_sparge_records_the_head_dim():
     from sparge_diffusers import apply_sparge, remove_sparge
     from sparge_diffusers.integration import _STATE_ATTR
-    from sparge_diffusers.pipelines.tiny import tiny_transformer
+    import torch
+
+    from sparge_diffusers.pipelines.tiny import TINY_GRIDS, tiny_transformer, transformer_inputs
 
     transformer = tiny_transformer("flux")
     apply_sparge(transformer, SpargeConfig(topk=0.5))
     try:
         context = getattr(transformer, _STATE_ATTR).context
         assert context.head_dim == transformer.config.attention_head_dim and isinstance(context.head_dim, int)
+        assert context.heads == transformer.config.num_attention_heads and isinstance(context.heads, int)
+        kwargs = transformer_inputs(transformer, TINY_GRIDS["flux"], batch_size=3)
+        with torch.no_grad():
+            transformer(**kwargs)
+        assert context.current.batch == 3  # the geometry hook saw the batch
     finally:
         remove_sparge(transformer)

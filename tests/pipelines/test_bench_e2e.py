@@ -50,3 +50,15 @@ def test_bench_e2e_tiny_compile_reports_compile_time_breaks_and_peak(tmp_path, l
     assert all(float(r["peak_gib"]) > 0 and 0.5 < float(r["peak_vs_stock"]) < 2.0 for r in rows[1:3])
     # the compiled Sparge model computes what the eager one does
     assert abs(float(compiled[1]["rel_l1_vs_stock"]) - float(rows[2]["rel_l1_vs_stock"])) < 1e-3
+
+
+def test_speed_ups_are_against_stock_timed_before_and_after(load_script):
+    bench = load_script("bench_e2e")
+    rows = [dict(model="m", mode="eager", setting="stock", step_ms=100.0, speedup="", note=""),
+            dict(model="m", mode="eager", setting="lse topk=0.5 hilbert", step_ms=90.0, speedup=1.111, note=""),
+            dict(model="m", mode="compiled", setting="lse topk=0.5 hilbert", step_ms=50.0, speedup=2.0, note=""),
+            dict(model="n", mode="eager", setting="lse topk=0.5 hilbert", step_ms=90.0, speedup=1.5, note="")]
+    bench.rebase(rows, "m", "eager", 100.0, 104.0)
+    assert rows[1]["speedup"] == round(102.0 / 90.0, 3)
+    assert rows[2]["speedup"] == 2.0 and rows[3]["speedup"] == 1.5  # other modes and models untouched
+    assert "104.00 ms (1.04x)" in rows[0]["note"] and rows[0]["speedup"] == ""
