@@ -13,7 +13,7 @@ A `SpargeConfig` names at most one of four rules; the reference, the Triton laun
   head) so that the measured error of the selection on sampled exact rows stays within ε (`kernels.budget`).
 
 Precedence when several are given: ``predictor="full"``, then ``target_error``, then ``topk``, then
-``cdf_threshold`` (`SpargeConfig` defaults to top-k 0.5, so naming ε is enough to use the budget).
+``cdf_threshold`` (`SpargeConfig` uses ε = 0.05 when none is named).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ REORDERS = ("hilbert", "rowmajor", "none")
 HEAD_DIM_FALLBACKS = ("pad", "dense")
 BLOCK_SIZES = (64, 128)
 DEFAULT_TARGET_ERROR = 0.05
+SELECTION_FIELDS = ("topk", "cdf_threshold", "target_error")
 # Relative L1 against fp32 dense attention that each precision adds with every block kept (the error floor of a
 # budget). Measured on an H200 with random normal inputs, the worst case (near-uniform attention rounds most P
 # values): int8-fp8 0.039-0.041 (`scripts/fp8_error_floor.py`: 0.037 from e4m3 rounding of P and V alone),
@@ -54,16 +55,19 @@ class SpargeConfig:
     """How sparse attention is predicted and computed.
 
     Selection (exactly one rule is used, decided by `kernels.selection.resolve_selection`: ``target_error`` when
-    given, else ``topk``, else ``cdf_threshold``):
+    given, else ``topk``, else ``cdf_threshold``; when none is given, the error budget ε = `DEFAULT_TARGET_ERROR`
+    (0.05). `replace` with one of them clears the other two):
         target_error: ε in (0, 1) or None: the relative L1 error budget of the block selection against dense
-            attention (`DEFAULT_TARGET_ERROR` is the value the CLI and the docs suggest). Per (batch, head) the least
+            attention (the default rule, at `DEFAULT_TARGET_ERROR`). Per (batch, head) the least
             massive key blocks are dropped up to the largest drop mass whose error on sampled exact rows stays within
             ε; where none does, every block is kept. Quantization adds its own error (`PRECISION_ERROR_FLOOR`).
             Measuring costs 3.8% (Mochi, 44,776 tokens) to 8.2% (CogVideoX-2b, 17,776) of a dense cuDNN call on an
             H200 (benchmarks/results/budget_eval.md): pass a `BudgetGuard` (the diffusers integration keeps one per
             layer, also under ``torch.compile``) or a ``calibration`` to reuse it. With ``predictor="mixed"`` the
             budget holds with ≥ 0.85 of the oracle's sparsity on every evaluation family.
-        topk: fraction of key blocks kept per query block, in (0, 1]. ``1.0`` is dense attention.
+        topk: fraction of key blocks kept per query block, in (0, 1]. ``1.0`` is dense attention. A fixed fraction
+            is fast and predictable but not safe on broad attention (a trained video transformer measured relL1
+            0.16-0.36 at top-k 0.5, benchmarks/results/budget_eval.md); the default budget keeps more blocks there.
         cdf_threshold: τ in (0, 1] or None; TopCdf selection of key blocks by predicted mass.
         calibration: path of a calibration JSON (``sparge-diffusers calibrate``): per layer and head drop masses
             that meet ε, used instead of measuring them (layers not in the file are measured).
@@ -72,10 +76,12 @@ class SpargeConfig:
         pv_threshold: λ ≤ 0 or None (off); stage-2 skip of P·V for key blocks far below the running max.
         predictor: ``"sparge"`` (the paper's stage 1: pooled q̄·k̄ scores, self-similarity test),
             ``"lse"`` (mean query of each block scored against every key token, log-sum-exp per key block, with a
-            query-variance correction; ``sim_threshold`` is not used), ``"mixed"`` (lse averaged with the exact
-            block masses of 4 sampled query rows per block: ranks local-window, temporal-diagonal and hub heads
-            better, at about 1-2% of a dense call more) or ``"full"`` (keep every block; quantized dense
-            attention). See `sparge_diffusers.kernels.predict.naive`.
+            query-variance correction; ``sim_threshold`` is not used), ``"mixed"`` (the default: lse averaged with
+            the exact block masses of 4 sampled query rows per block; ranks local-window, temporal-diagonal and hub
+            heads better, so the budget keeps 0.82-1.04 of the oracle's sparsity on every evaluation family at
+            ε = 0.05 where lse keeps 0.52 on the structured heads, for 3-3.8% of a dense call more than lse's ~2%
+            at ≥ 16K tokens on an H200) or ``"full"`` (keep every block; quantized dense attention). See
+            `sparge_diffusers.kernels.predict.naive`.
 
     Kernel:
         block_m, block_n: query / key block sizes in tokens (64 or 128).
@@ -105,11 +111,11 @@ class SpargeConfig:
             ``"sparse"``: always the sparse path.
     """
 
-    topk: Optional[float] = 0.5
+    topk: Optional[float] = None
     cdf_threshold: Optional[float] = None
     sim_threshold: Optional[float] = 0.6
     pv_threshold: Optional[float] = None
-    predictor: str = "lse"
+    predictor: str = "mixed"
     block_m: int = 128
     block_n: int = 128
     precision: str = "int8-fp8"
@@ -131,8 +137,7 @@ class SpargeConfig:
             raise ValueError(f"target_error (ε) must be in (0, 1) or None, got {self.target_error!r}")
         if (self.topk is None and self.cdf_threshold is None and self.target_error is None
                 and self.predictor != "full"):
-            raise ValueError("SpargeConfig needs topk (in (0, 1]), cdf_threshold (in (0, 1]) or target_error "
-                             "(in (0, 1)); all are None")
+            object.__setattr__(self, "target_error", DEFAULT_TARGET_ERROR)  # no rule named: the error budget
         if self.calibration is not None and not isinstance(self.calibration, str):
             raise ValueError(f"calibration must be a path (str) or None, got {type(self.calibration).__name__}")
         for name in ("topk", "cdf_threshold"):
@@ -175,7 +180,11 @@ class SpargeConfig:
         return self.selection.keeps_all
 
     def replace(self, **changes) -> "SpargeConfig":
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again). Naming one selection rule (``topk``,
+        ``cdf_threshold``, ``target_error``) clears the others, so ``SpargeConfig().replace(topk=0.5)`` is top-k and
+        not the default budget with a top-k beside it."""
+        if any(name in changes for name in SELECTION_FIELDS):
+            changes = {**{name: None for name in SELECTION_FIELDS}, **changes}
         return replace(self, **changes)
 
     def to_dict(self) -> dict:

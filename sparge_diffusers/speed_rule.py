@@ -119,8 +119,11 @@ def least_winning_sparsity(table, head_dim: int, seq_len: int, batch_heads: int)
     the least sparsity that won at a measured call no longer and with no more work (None: cannot win)."""
     kernel_dim = 64 if head_dim <= 64 else 128
     work = batch_heads * seq_len * seq_len
-    applicable = [w for s, bh, w in table.get(kernel_dim, []) if s <= seq_len and bh * s * s <= work]
-    winning = min((w for w in applicable if w is not None), default=None)
+    # a plain loop: torch.compile traces this, and dynamo has no ``min(..., default=)``
+    winning = None
+    for s, bh, w in table.get(kernel_dim, []):
+        if w is not None and s <= seq_len and bh * s * s <= work and (winning is None or w < winning):
+            winning = w
     if winning is not None and head_dim < kernel_dim:
         # padding costs kernel_dim / head_dim more work than dense at the true head dim: the kept share must
         # shrink by that factor too

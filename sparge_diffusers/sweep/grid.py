@@ -13,6 +13,11 @@ from ..launch import read_rank_env
 logger = logging.getLogger(__name__)
 
 
+# the predictor left out of labels: the default when labels were introduced (lse), so that older results folders keep
+# their keys after the default became "mixed"
+UNNAMED_PREDICTOR = "lse"
+
+
 def config_label(config: SpargeConfig) -> str:
     """Short, stable name of a sparse config (the CSV key with prompt and seed)."""
     rule = config.selection
@@ -23,7 +28,7 @@ def config_label(config: SpargeConfig) -> str:
     sim = "off" if config.sim_threshold is None else f"{config.sim_threshold:g}"
     pv = "off" if config.pv_threshold is None else f"{config.pv_threshold:g}"
     label = f"{selection} sim={sim} pv={pv} dense_steps={config.dense_steps} {config.reorder} {config.precision}"
-    if config.predictor != SpargeConfig.predictor:  # the default predictor is not named: older labels stay valid
+    if config.predictor != UNNAMED_PREDICTOR:
         label += f" {config.predictor}"
     return label if config.block_n == SpargeConfig.block_n else f"{label} kblock={config.block_n}"
 

@@ -19,7 +19,9 @@ def test_generate_default_model_writes_video_and_sidecar(cli, fast, tmp_path, li
     assert sidecar["prompt"] == "a red ball rolling"
     assert sidecar["model"] == {"source": "embedded:toy-cogvideox", "family": "cogvideox", "embedded": True,
                                 "prompt_encoding": "text encoder"}  # the shipped trained pipeline, its own T5
-    assert sidecar["sparge"]["topk"] == 0.5 and sidecar["sparge"]["block_n"] == 64  # 64-key blocks: short sequences
+    # the default rule, the error budget; 64-key blocks: short sequences
+    assert sidecar["sparge"]["target_error"] == 0.05 and sidecar["sparge"]["topk"] is None
+    assert sidecar["sparge"]["block_n"] == 64
     assert sidecar["settings"]["call"]["num_inference_steps"] == 1
     assert sidecar["settings"]["call"]["max_sequence_length"] == 16  # the text length the model was trained on
     assert sidecar["timings"]["render_s"] > 0 and len(sidecar["timings"]["step_s"]) == 1

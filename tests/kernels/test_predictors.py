@@ -159,8 +159,8 @@ def test_target_error_is_validated(bad):
 
 
 def test_selection_precedence():
-    """Top-k 0.5 by default; ε wins over top-k and τ; τ applies when top-k is None."""
-    assert SpargeConfig().selection == S.Selection("topk", 0.5)
+    """ε = 0.05 by default; ε wins over top-k and τ; τ applies when top-k is None."""
+    assert SpargeConfig().selection == S.Selection("budget", 0.05)
     assert SpargeConfig(target_error=0.02).selection == S.Selection("budget", 0.02)
     assert SpargeConfig(topk=0.3, target_error=0.05).selection == S.Selection("budget", 0.05)
     assert SpargeConfig(topk=None, cdf_threshold=0.9).selection == S.Selection("cdf", 0.9)
