@@ -22,6 +22,7 @@ import triton.testing
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sparge_diffusers import SpargeConfig, sparge_attn
+from sparge_diffusers.run_stats import capture_cuda_graph
 
 LENGTHS = (1024, 2048, 4608, 8192, 17776, 32760)
 TOPKS = (1.0, 0.9, 0.7, 0.5, 0.3, 0.1)
@@ -43,18 +44,8 @@ def timed(fn) -> float:
 
 
 def graph_timed(fn) -> float:
-    """Device time of ``fn`` replayed from a CUDA graph: the call's cost when the host runs ahead of the GPU (inside
-    a transformer forward, compiled or eager, the host issues the next launches while big matmuls run)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return timed(graph.replay)
+    """Device time of ``fn`` replayed from a CUDA graph: the call's cost when the host runs ahead of the GPU."""
+    return timed(capture_cuda_graph(fn).replay)
 
 
 def main(argv=None) -> int:

@@ -22,6 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from sparge_diffusers import BlockMap, SpargeConfig, sparge_attn
 from sparge_diffusers.kernels import block_sparse_attn, dispatch, predict, quantize
 from sparge_diffusers.kernels.reference import cosine_similarity, relative_l1
+from sparge_diffusers.run_stats import capture_cuda_graph
 
 SHAPES = {
     "flux1024": (1, 24, 4608, 128),
@@ -40,16 +41,7 @@ def timed(fn: Callable[[], object]) -> float:
 
 def graph_timed(fn: Callable[[], object]) -> float:
     """Median time of ``fn`` replayed from a CUDA graph: GPU time without Python launch overhead."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return timed(graph.replay)
+    return timed(capture_cuda_graph(fn, warmup=2).replay)
 
 
 def random_block_mask(b, h, nq, nk, sparsity, device, seed=0) -> torch.Tensor:

@@ -41,6 +41,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from sparge_diffusers import SpargeConfig, sparge_attn
 from sparge_diffusers.finite import FiniteCheck
+from sparge_diffusers.run_stats import capture_cuda_graph
 
 # name: (batch, heads, seq_len, head_dim)
 SHAPES = {
@@ -165,16 +166,8 @@ def cuda_counts(fn, calls: int = 5) -> Dict[str, float]:
 
 def graph_ms(fn, bench) -> Optional[float]:
     """Median replay time of ``fn`` captured once in a CUDA graph (None when capture fails)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph):
-            fn()
+        graph = capture_cuda_graph(fn)
     except Exception as error:  # a host read inside the call makes capture fail: report, do not stop
         print(f"  graph capture failed: {type(error).__name__}: {str(error)[:160]}", flush=True)
         return None

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
             if same < 1e-4 and (best is None or ms < best[0]):
                 best = (ms, launch)
         keep = [geo.text_range]
-        topk = SpargeConfig(topk=0.5, keep_token_ranges=keep, check_finite=False, speed_rule="sparse")
+        topk = SpargeConfig(topk=0.5, predictor="lse", keep_token_ranges=keep, check_finite=False, speed_rule="sparse")
         calls = {"lse topk 0.5": topk, "mixed topk 0.5 (default launch)": topk.replace(predictor="mixed")}
         timed = {label: bench(lambda c=config: sparge_attn(q, k, v, config=c)) for label, config in calls.items()}
         if best is not None:

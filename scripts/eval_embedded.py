@@ -51,9 +51,9 @@ def settings(block_n: int):
     ``"auto"`` sends these short sequences to dense SDPA (the GPU run of 2026-12-02 measured sparsity 0 that way)."""
     rows = [("dense", None)]
     for dense_steps in (0, 2):
-        rows.append((f"topk0.5_ds{dense_steps}", SpargeConfig(topk=0.5, block_n=block_n, dense_steps=dense_steps,
-                                                                 speed_rule="sparse")))
-        rows.append((f"eps0.05_ds{dense_steps}", SpargeConfig(target_error=0.05, topk=None, block_n=block_n,
+        rows.append((f"topk0.5_ds{dense_steps}", SpargeConfig(topk=0.5, predictor="lse", block_n=block_n,
+                                                                 dense_steps=dense_steps, speed_rule="sparse")))
+        rows.append((f"eps0.05_ds{dense_steps}", SpargeConfig(target_error=0.05, predictor="lse", block_n=block_n,
                                                                dense_steps=dense_steps, speed_rule="sparse")))
     # the mixed predictor (lse + 4 sampled exact rows per block)
     rows.append(("mixed_topk0.5_ds0", SpargeConfig(topk=0.5, predictor="mixed", block_n=block_n,

@@ -98,7 +98,7 @@ def config_from_args(args: argparse.Namespace) -> SpargeConfig:
                                        ("--target-error", args.target_error)) if value is not None]
     if len(chosen) > 1:
         raise UsageError(f"give one of --topk, --cdf-threshold, --target-error, not {' and '.join(chosen)}")
-    topk = args.topk if args.topk is not None else (SpargeConfig.topk if not chosen else None)
+    topk = args.topk  # none of the three named: SpargeConfig's default rule (the error budget)
     model = model_from_args(args)
     try:
         return SpargeConfig(topk=topk, cdf_threshold=args.cdf_threshold, target_error=args.target_error,

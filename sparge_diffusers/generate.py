@@ -54,13 +54,13 @@ def add_parser(subparsers) -> None:
     add_model_arguments(parser)
     group = parser.add_argument_group("sparse attention (SpargeConfig)")
     group.add_argument("--topk", type=float, default=None, help="fraction of key blocks kept per query block, (0, 1] "
-                                                                "(default: 0.5 unless --cdf-threshold or "
-                                                                "--target-error is given)")
+                                                                "(default: none; with no rule given the error budget "
+                                                                "ε = 0.05 is used)")
     group.add_argument("--cdf-threshold", type=float, default=None, metavar="TAU",
                        help="τ: TopCdf selection, keep blocks until their predicted mass reaches τ")
     group.add_argument("--target-error", type=float, default=None, metavar="EPS",
                        help="ε in (0, 1): relative L1 error budget of the block selection against dense attention "
-                            "(e.g. 0.05); replaces --topk and --cdf-threshold")
+                            "(default 0.05 when no --topk / --cdf-threshold is given)")
     group.add_argument("--calibration", default=None, metavar="JSON",
                        help="per layer and head budgets from `sparge-diffusers calibrate` (same ε)")
     group.add_argument("--predictor", choices=PREDICTORS, default=SpargeConfig.predictor,

@@ -107,4 +107,20 @@ def _mean_by(rows: List[dict], key: str) -> Dict[int, float]:
     return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
 
 
-__all__ = ["SpargeRunStats", "Timer"]
+def capture_cuda_graph(fn, warmup: int = 3) -> "torch.cuda.CUDAGraph":
+    """``fn`` captured once in a CUDA graph after ``warmup`` calls on a side stream (Triton compiles and the caching
+    allocator settles there), for timing a call's device work alone (``graph.replay``). Raises what capture raises
+    (a host read inside ``fn`` fails it)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
+__all__ = ["SpargeRunStats", "Timer", "capture_cuda_graph"]
