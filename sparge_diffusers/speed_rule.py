@@ -10,10 +10,12 @@ key length × batch·heads, the least sparsity at which the eager sparse call wa
 no longer and did no more work than it won at a sparsity the call reaches:
 
 - its key length is below the shortest measured length, or its work below the least measured work;
-- its sparsity is known before prediction (top-k: ``1 − topk``) and below every crossover that applies;
+- its sparsity is below every crossover that applies. Top-k's sparsity is known before prediction (``1 − topk``,
+  lowered for the always-computed text); τ and ε can keep every block, so they count as sparsity 0 and go sparse
+  only where the sparse path wins even with a full mask (the quantized kernel beats cuDNN at long lengths);
 - its head dim is padded (e.g. 96 → 128) and the sparsity does not pay for the padding as well.
 
-For rules whose sparsity is known only after prediction (τ, ε), only the length and work test applies. A
+A
 ``target_error`` call that has to measure its drop masses itself (no `BudgetGuard`, no calibration) also goes dense
 below the shortest length where such calls were measured faster than cuDNN (`measuring_budget_loses`). The eager table
 is conservative under ``torch.compile``, whose launches cost less (the custom op's own launches still run in Python).
@@ -131,21 +133,19 @@ def least_winning_sparsity(table, head_dim: int, seq_len: int, batch_heads: int)
     return winning
 
 
-def sparse_can_win(table, head_dim: int, seq_len: int, batch_heads: int, expected_sparsity: Optional[float]) -> bool:
+def sparse_can_win(table, head_dim: int, seq_len: int, batch_heads: int, expected_sparsity: float) -> bool:
     winning = least_winning_sparsity(table, head_dim, seq_len, batch_heads)
-    if winning is None:
-        return False
-    return expected_sparsity is None or expected_sparsity >= winning
+    return winning is not None and expected_sparsity >= winning
 
 
-def expected_sparsity(config, forced_share: float = 0.0) -> Optional[float]:
-    """The sparsity a call of ``config`` reaches, when known before prediction (top-k), else None. ``forced_share``:
-    the share of the tokens always computed (the text): their query rows are dense and their key columns always
-    kept, so top-k's ``1 − topk`` applies to about ``(1 − forced_share)²`` of the blocks (Flux.1-dev 1024²: 512 of
-    4,608 tokens, topk 0.5 → 0.40)."""
+def expected_sparsity(config, forced_share: float = 0.0) -> float:
+    """The sparsity a call of ``config`` is sure to reach before prediction: top-k's ``1 − topk`` over the blocks
+    it selects, 0 for τ and ε (they may keep every block). ``forced_share``: the share of the tokens always
+    computed (the text): their query rows are dense and their key columns always kept, so top-k's ``1 − topk``
+    applies to about ``(1 − forced_share)²`` of the blocks (Flux.1-dev 1024²: 512 of 4,608 tokens, topk 0.5 → 0.40)."""
     selection = config.selection
     if selection.rule != "topk":
-        return None
+        return 0.0
     return (1.0 - selection.value) * (1.0 - min(max(forced_share, 0.0), 1.0)) ** 2
 
 

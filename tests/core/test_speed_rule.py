@@ -19,8 +19,8 @@ TABLE = {64: [(1024, 48, None), (4608, 48, 0.7), (17776, 48, 0.0)],
     (64, 20000, 12, 0.0, False),    # a quarter of the heads: less work than the 17,776 call, more than 4,608's 48
     (64, 20000, 12, 0.7, True),     # ... so the 4,608 x 48 crossover applies
     (128, 20000, 48, 0.05, False),
-    (128, 20000, 48, None, True),   # unknown sparsity: only the length and work test
-    (128, 2000, 48, None, False),
+    (128, 20000, 48, 0.1, True),
+    (128, 2000, 48, 0.0, False),
     (128, 4608, 24, 0.9, False),    # batch 1 at 4,608 never won (Flux.1-dev)
     (128, 4608, 48, 0.5, True),     # the CFG batch of 2 did
     (128, 4608, 47, 0.5, False),    # less work than the call that won
@@ -45,7 +45,9 @@ def test_forced_text_lowers_the_expected_sparsity():
     assert expected_sparsity(SpargeConfig(topk=0.5)) == pytest.approx(0.5)
     # Flux.1-dev: 512 text tokens of 4,608 are computed densely (rows and columns)
     assert expected_sparsity(SpargeConfig(topk=0.5), 512 / 4608) == pytest.approx(0.5 * (4096 / 4608) ** 2)
-    assert expected_sparsity(SpargeConfig(target_error=0.05), 0.1) is None
+    # τ and ε may keep every block: they count as sparsity 0 (sparse only where a full mask wins)
+    assert expected_sparsity(SpargeConfig(target_error=0.05), 0.1) == 0.0
+    assert expected_sparsity(SpargeConfig(cdf_threshold=0.9)) == 0.0
     # at the 4,608 x 48 crossover (0.5) topk 0.5 wins only without forced tokens
     from sparge_diffusers.speed_rule import dense_by_table
 
@@ -93,6 +95,9 @@ def test_committed_table_records_the_measured_budget_call():
     (SpargeConfig(topk=0.5), 4608, 24, True),          # Flux.1-dev 1024^2, batch 1: the sparse call loses there
     (SpargeConfig(topk=0.5), 17776, 60, False),        # CogVideoX-2b length and CFG batch win
     (SpargeConfig(target_error=0.05), 1024, 24, True),
+    (SpargeConfig(target_error=0.05), 8192, 24, True),    # needs 0.3 there; the budget may keep every block
+    (SpargeConfig(target_error=0.05), 17776, 60, False),  # wins even with a full mask
+    (SpargeConfig(target_error=0.05), 8192, 48, False),
     (SpargeConfig(topk=0.5, speed_rule="sparse"), 4608, 24, False),
 ])
 def test_dense_by_table_reads_the_committed_table(config, seq_len, batch_heads, dense):
