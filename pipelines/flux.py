@@ -140,9 +140,10 @@ class FluxFamily(Family):
             grid = resolve_grid(self.name, context.geometry.grid, num_visual, context.geometry, allow_partial=True)
         else:
             grid = None if ids2d is None else self.grid_of(ids2d)
+        hidden_states = bound.get("hidden_states")
         context.begin_forward(grid=grid, num_visual=num_visual, text_len=text_len, text_side="first",
-                              timestep=bound.get("timestep"), batch=bound.get("hidden_states").shape[0])
-        return context.permutation_for(bound.get("hidden_states").device)
+                              timestep=bound.get("timestep"), batch=hidden_states.shape[0])
+        return context.permutation_for(hidden_states.device)
 
 
 class SpargeFluxPipeline(SpargePipelineMixin, FluxPipeline):

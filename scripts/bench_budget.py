@@ -173,7 +173,8 @@ def main(argv=None) -> int:
             _, stats = sparge_attn(q, k, v, config=config, return_stats=True)
             guard = _reusing_guard(q, k, stats.drop_mass)
             reused_ms = bench(lambda: sparge_attn(q, k, v, config=config, guard=guard))
-            topk = SpargeConfig(topk=0.5, predictor="lse", keep_token_ranges=keep, check_finite=False, speed_rule="sparse")
+            topk = SpargeConfig(topk=0.5, predictor="lse", keep_token_ranges=keep, check_finite=False,
+                                speed_rule="sparse")
             topk_ms = bench(lambda: sparge_attn(q, k, v, config=topk))
             # the "mixed" predictor (lse + 4 sampled exact rows per block): top-k 0.5, and ε with reused drop masses
             mixed_topk_ms = bench(lambda: sparge_attn(q, k, v, config=topk.replace(predictor="mixed")))

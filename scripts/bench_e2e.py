@@ -88,10 +88,12 @@ def mochi(frames: int):
     return model, inputs, latent_t * 30 * 53 + 256
 
 
-def flux():
+def flux(double: int = 19, single: int = 38):
+    """Flux.1-dev at 1024² (``double`` / ``single``: its 19 double- and 38 single-stream blocks; fewer for
+    profiles)."""
     from diffusers import FluxTransformer2DModel
 
-    model = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
+    model = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=double, num_single_layers=single,
                                    attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
                                    pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
 
@@ -255,6 +257,15 @@ def peak_call(model, kwargs):
     return out, tracker.peak + weights
 
 
+KEEP_FP32 = ("img_ids", "txt_ids", "timestep", "guidance")  # position ids and conditioning scalars stay fp32
+
+
+def cast_inputs(inputs: Dict, dtype: torch.dtype) -> Dict:
+    """The transformer inputs in the model's ``dtype``, except `KEEP_FP32`."""
+    return {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() and k not in KEEP_FP32 else v)
+            for k, v in inputs.items()}
+
+
 def build(name: str, layers: Optional[int]):
     if name in LAYERED:
         return LAYERED[name](layers)
@@ -270,9 +281,7 @@ def run_model(name: str, args, rows: List[Dict], meta: Dict):
     model = model.to(dtype).eval()
     batch = 1 if name.startswith(BATCH_ONE) else 2
     gen = torch.Generator(device=DEVICE).manual_seed(0)
-    keep_fp32 = ("img_ids", "txt_ids", "timestep", "guidance")
-    kwargs = {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() and k not in keep_fp32 else v)
-              for k, v in make_inputs(batch, gen).items()}
+    kwargs = cast_inputs(make_inputs(batch, gen), dtype)
     if kwargs.get("image_rotary_emb") is None:
         kwargs.pop("image_rotary_emb", None)
     layers = args.layers if full_layers is not None else None

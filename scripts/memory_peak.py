@@ -90,7 +90,8 @@ def main(argv=None) -> int:
     model, inputs = build(args.family, args.layers, args.ffn_ratio, getattr(torch, args.dtype))
     measure(model, inputs)  # warm caches (RoPE tables, Hilbert curves) outside the measured forwards
     stock = measure(model, inputs)
-    config = SpargeConfig(topk=args.topk, predictor="lse", sim_threshold=None, block_m=64, block_n=64, speed_rule="sparse")
+    config = SpargeConfig(topk=args.topk, predictor="lse", sim_threshold=None, block_m=64, block_n=64,
+                          speed_rule="sparse")
     apply_sparge(model, config)
     measure(model, inputs)
     sparge = measure(model, inputs)

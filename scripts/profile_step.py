@@ -21,20 +21,13 @@ from sparge_diffusers import SpargeConfig, apply_sparge, remove_sparge
 
 
 def flux(double: int, single: int):
-    from diffusers import FluxTransformer2DModel
+    """bench_e2e's Flux.1-dev 1024² transformer with fewer blocks, in bf16 on the GPU, and its batch-1 inputs."""
+    import bench_e2e  # scripts/ is on the path when this script runs
 
-    model = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=double, num_single_layers=single,
-                                   attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
-                                   pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    rows, cols = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
-    img_ids = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3).float().cuda()
-    kwargs = dict(hidden_states=torch.randn(1, 4096, 64, generator=gen, device="cuda").bfloat16(),
-                  encoder_hidden_states=torch.randn(1, 512, 4096, generator=gen, device="cuda").bfloat16(),
-                  pooled_projections=torch.randn(1, 768, generator=gen, device="cuda").bfloat16(),
-                  timestep=torch.full((1,), 0.5, device="cuda"), guidance=torch.full((1,), 3.5, device="cuda"),
-                  img_ids=img_ids, txt_ids=torch.zeros(512, 3, device="cuda"))
-    return model.cuda().bfloat16().eval(), kwargs
+    with torch.device("cuda"):
+        model, make_inputs, _ = bench_e2e.flux(double, single)
+    inputs = make_inputs(1, torch.Generator(device="cuda").manual_seed(0))
+    return model.bfloat16().eval(), bench_e2e.cast_inputs(inputs, torch.bfloat16)
 
 
 def config_of(setting: str) -> SpargeConfig:

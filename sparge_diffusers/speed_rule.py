@@ -15,10 +15,10 @@ no longer and did no more work than it won at a sparsity the call reaches:
   only where the sparse path wins even with a full mask (the quantized kernel beats cuDNN at long lengths);
 - its head dim is padded (e.g. 96 → 128) and the sparsity does not pay for the padding as well.
 
-A
-``target_error`` call that has to measure its drop masses itself (no `BudgetGuard`, no calibration) also goes dense
-below the shortest length where such calls were measured faster than cuDNN (`measuring_budget_loses`). The eager table
-is conservative under ``torch.compile``, whose launches cost less (the custom op's own launches still run in Python).
+A ``target_error`` call that has to measure its drop masses itself (no `BudgetGuard`, no calibration) also goes
+dense below the shortest length where such calls were measured faster than cuDNN (`measuring_budget_loses`). The eager
+table is conservative under ``torch.compile``, whose launches cost less (the custom op's own launches still run in
+Python).
 ``speed_rule="sparse"`` always runs the sparse path (benchmarks and tests do).
 """
 
