@@ -68,6 +68,7 @@ def sparge_attention_triton(
     keep_ranges: Sequence[Tuple[int, int]],
     predictor: str,
     drop_mass: Optional[torch.Tensor] = None,
+    block_map: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Predict + quantize + block-sparse attention on the GPU.
 
@@ -76,6 +77,9 @@ def sparge_attention_triton(
         selection: the resolved rule (`selection.resolve_selection`).
         drop_mass: fp32 ``[B, H]`` per-head drop masses for the ``"budget"`` rule (calibrated, or reused from an
             earlier call); None measures them in this call (`budget.budget_drop_mass`).
+        block_map: ``(lut, counts)`` of an earlier call of this shape, attended instead of predicting a map (a
+            reused map, `budget_guard.BudgetGuard.reuse_map`); used in eager inference only (elsewhere the call
+            predicts its own). The returned ``lut`` and ``counts`` are then these tensors.
     Returns:
         ``out`` ``[B, H, Sq, D]`` in q's dtype, contiguous or in q's transposed ``[B, Sq, H, D]`` layout
         (`output_like`); ``lut`` int32 ``[B, H, NQ, NK]`` (entries past ``counts`` unspecified); ``counts`` int32
@@ -88,7 +92,7 @@ def sparge_attention_triton(
         on_other_gpu = q.is_cuda and q.device.index != torch.cuda.current_device()
         with torch.cuda.device(q.device) if on_other_gpu else contextlib.nullcontext():
             return sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_threshold, pv_threshold,
-                                           precision, flat_ranges(keep_ranges), predictor, drop_mass)
+                                           precision, flat_ranges(keep_ranges), predictor, drop_mass, block_map)
     return torch.ops.sparge_diffusers.sparge_attention(
         q, k, v, scale, block_m, block_n, selection.rule, selection.value, sim_threshold, pv_threshold, precision,
         flat_ranges(keep_ranges), predictor, drop_mass,
@@ -131,10 +135,11 @@ def _sparge_attention_op(
 
 
 def sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_threshold, pv_threshold, precision,
-                            keep_ranges, predictor, drop_mass=None):
+                            keep_ranges, predictor, drop_mass=None, block_map=None):
     """The launch sequence behind the custom op (callable directly, e.g. under ``TRITON_INTERPRET=1``).
 
-    ``keep_ranges`` is flat (``[start0, end0, start1, end1, ...]``), as the op takes it.
+    ``keep_ranges`` is flat (``[start0, end0, start1, end1, ...]``), as the op takes it. ``block_map`` (``(lut,
+    counts)`` of an earlier call of the same shape) skips the prediction: only quantization and attention run.
 
     Selection follows `reference.naive_sparge_attention` through the same `selection.Selection`. The predictors run
     in Triton: ``"sparge"`` as pooled scores + `predict.select_blocks_fwd`, ``"lse"`` as the block log-masses of
@@ -149,19 +154,25 @@ def sparge_attention_launch(q, k, v, scale, block_m, block_n, selection, sim_thr
     b, h, sq, d = q.shape
     sk = k.shape[2]
     keeps_all = selection.keeps_all or predictor == "full"
+    reused = (block_map is not None and not keeps_all
+              and tuple(block_map[0].shape) == (b, h, num_blocks(sq, block_m), num_blocks(sk, block_n)))
     quantized = precision != "bf16"
     pv_mode = _pv_mode(precision, q.device)
     use_fp8 = quantized and pv_mode == attn.PV_FP8
-    stats = "none" if keeps_all else ("pooled" if predictor == "sparge" else "lse")
+    stats = "none" if keeps_all or reused else ("pooled" if predictor == "sparge" else "lse")
     prepared = quantize.prepare_fwd(q, k, v, block_m=block_m, block_n=block_n, quantize_qk=quantized, v_fp8=use_fp8,
                                     stats=stats, q_scale_mult=scale * attn.LOG2E, softmax_scale=scale)
-    if predictor == "mixed" and not keeps_all:
+    if predictor == "mixed" and stats != "none":
         prepared = prepared._replace(block_logits=predict.mixed_block_logits_fwd(
             prepared.block_logits, q, k, block_m=block_m, block_n=block_n, scale=scale))
     common = dict(seq_len_q=sq, seq_len_k=sk, block_m=block_m, block_n=block_n, scale=scale, keep_ranges=ranges)
     used_drop = _no_drop(b, h, q.device)
     if keeps_all:
         lut, counts = full_lut(b, h, sq, sk, block_m, block_n, q.device)
+    elif reused:
+        lut, counts = block_map
+        if drop_mass is not None:
+            used_drop = drop_mass.float().clone()
     else:
         mode = selection.kernel_mode(predictor)
         topk = selection.value if mode == MODE_TOPK else None

@@ -63,6 +63,7 @@ def naive_sparge_attention(
     target_error: Optional[float] = None,
     drop_mass: Optional[torch.Tensor] = None,
     return_drop_mass: bool = False,
+    block_mask: Optional[torch.Tensor] = None,
 ):
     """The whole algorithm: stage-1 prediction then stage-2 block-sparse attention.
 
@@ -74,6 +75,8 @@ def naive_sparge_attention(
             then top-k, then τ). With ε the least massive blocks are dropped up to a per-(batch, head) drop mass
             that `budget.budget_drop_mass` measures on sampled exact rows; ``drop_mass`` (fp32 ``[B, H]``) gives
             those drop masses instead (a calibrated or reused budget).
+        block_mask: bool ``[B, H, NQ, NK]`` of an earlier call (a reused map): attended instead of predicting one,
+            unless the rule keeps every block.
     Returns:
         out: fp32 ``[B, H, Sq, D]``; block_mask: bool ``[B, H, NQ, NK]``; with ``return_drop_mass`` also the drop
         masses the budget used (fp32 ``[B, H]``; NaN for other rules).
@@ -83,9 +86,12 @@ def naive_sparge_attention(
     check_predictor(predictor)
     selection = resolve_selection(predictor=predictor, topk=topk, cdf_threshold=cdf_threshold,
                                   target_error=target_error)
+    shape = (*q.shape[:2], num_blocks(q.shape[-2], block_m), num_blocks(k.shape[-2], block_n))
     if selection.keeps_all:
-        shape = (*q.shape[:2], num_blocks(q.shape[-2], block_m), num_blocks(k.shape[-2], block_n))
         block_mask = torch.ones(shape, dtype=torch.bool, device=q.device)
+    elif block_mask is not None and tuple(block_mask.shape) == shape:
+        if drop_mass is not None:
+            used = drop_mass.float()
     elif selection.rule == "budget":
         block_mask, used = naive_budget_block_mask(
             q, k, v, predictor=predictor, target_error=selection.value, block_m=block_m, block_n=block_n, scale=scale,

@@ -168,7 +168,7 @@ def main(argv=None) -> int:
                    **{f"stage_{key}_ms": round(value, 4) for key, value in stages.items()})
         if not args.skip_calls:
             config = SpargeConfig(target_error=args.eps, keep_token_ranges=keep, check_finite=False,
-                                  speed_rule="sparse")
+                                  speed_rule="sparse", map_reuse=1)  # every call predicts (the columns before reuse)
             measured_ms = bench(lambda: sparge_attn(q, k, v, config=config))
             _, stats = sparge_attn(q, k, v, config=config, return_stats=True)
             guard = _reusing_guard(q, k, stats.drop_mass)
@@ -182,13 +182,27 @@ def main(argv=None) -> int:
             _, mixed_stats = sparge_attn(q, k, v, config=mixed, return_stats=True)
             mixed_guard = _reusing_guard(q, k, mixed_stats.drop_mass)
             mixed_reused_ms = bench(lambda: sparge_attn(q, k, v, config=mixed, guard=mixed_guard))
+            # block-map reuse: after the first call every call attends the stored map (no prediction at all), so the
+            # difference to mixed_reused_ms is what the mixed prediction costs in a call
+            reuse_all = mixed.replace(map_reuse=1 << 30)
+            sparge_attn(q, k, v, config=reuse_all, guard=mixed_guard)
+            map_reused_ms = bench(lambda: sparge_attn(q, k, v, config=reuse_all, guard=mixed_guard))
+            prediction = (mixed_reused_ms - map_reused_ms) / dense
+            # map_reuse 2 alternates predicting and reusing calls: timed as pairs (a median of single calls would
+            # pick one of the two kinds)
+            pairs = mixed.replace(map_reuse=2)
+            pair_ms = bench(lambda: (sparge_attn(q, k, v, config=pairs, guard=mixed_guard),
+                                     sparge_attn(q, k, v, config=pairs, guard=mixed_guard))) / 2
             row.update(sparsity=round(stats.mean_sparsity, 4), backend=stats.backend,
                        budget_measured_ms=round(measured_ms, 4), budget_reused_ms=round(reused_ms, 4),
                        topk05_ms=round(topk_ms, 4), x_cudnn_measured=round(dense / measured_ms, 3),
                        x_cudnn_reused=round(dense / reused_ms, 3), mixed_topk05_ms=round(mixed_topk_ms, 4),
                        mixed_extra_share=round((mixed_topk_ms - topk_ms) / dense, 4),
                        mixed_sparsity=round(mixed_stats.mean_sparsity, 4),
-                       mixed_reused_ms=round(mixed_reused_ms, 4))
+                       mixed_reused_ms=round(mixed_reused_ms, 4), map_reused_ms=round(map_reused_ms, 4),
+                       maps_reused=mixed_guard.maps_reused, prediction_share=round(prediction, 4),
+                       reuse2_ms=round(pair_ms, 4), prediction_share_reuse2=round((pair_ms - map_reused_ms) / dense, 4),
+                       x_cudnn_map_reused=round(dense / map_reused_ms, 3))
         rows.append(row)
         print(row, flush=True)
     with open(args.out, "w", newline="") as handle:
@@ -197,13 +211,14 @@ def main(argv=None) -> int:
         writer.writerows(rows)
     print(f"\n{'shape':12s} {'seq':>6s} {'dense ms':>9s} {'naive ms':>9s} {'share':>7s} {'triton ms':>9s} "
           f"{'share':>6s} {'bf16-u ms':>9s} {'share':>6s} {'r32 ms':>8s} {'s3 ms':>8s} {'same δ':>6s} "
-          f"{'x measure':>9s} {'x reuse':>8s}")
+          f"{'x measure':>9s} {'x reuse':>8s} {'predict':>8s} {'x map':>6s}")
     for r in rows:
         print(f"{r['shape']:12s} {r['seq_len']:6d} {r['cudnn_ms']:9.3f} {r['guard_naive_ms']:9.3f} "
               f"{r['naive_share']:7.1%} {r['guard_triton_ms']:9.3f} {r['triton_share']:6.1%} "
               f"{r['guard_triton_bf16_ms']:9.3f} {r['triton_bf16_share']:6.1%} {r['guard_triton_r32_ms']:8.3f} "
               f"{r['guard_triton_s3_ms']:8.3f} {r['heads_equal']:6.2f} "
-              f"{r.get('x_cudnn_measured', float('nan')):9.2f} {r.get('x_cudnn_reused', float('nan')):8.2f}")
+              f"{r.get('x_cudnn_measured', float('nan')):9.2f} {r.get('x_cudnn_reused', float('nan')):8.2f} "
+              f"{r.get('prediction_share', float('nan')):8.1%} {r.get('x_cudnn_map_reused', float('nan')):6.2f}")
     print(f"wrote {args.out}")
     return 0
 

@@ -227,9 +227,19 @@ def rebase(rows: List[Dict], model: str, mode: str, before_ms: float, after_ms: 
                            f"the mean; " + (row["note"] or "")).rstrip("; ")
 
 
-def step_time(model, kwargs, repeats: int) -> float:
-    """Median wall time (ms) of one forward, synchronized."""
-    times = sorted(timed_call(model, kwargs) for _ in range(repeats))
+def loop_length(config: SpargeConfig) -> int:
+    """Forwards one step-time sample averages: the error budget's guard measures once per up to `MAX_INTERVAL`
+    calls and a reused block map serves ``map_reuse`` calls, so their forwards differ and a denoising loop pays the
+    mean of a whole cycle (`MAX_INTERVAL` forwards, a multiple of every map_reuse up to it); other rules: 1."""
+    from sparge_diffusers.budget_guard import MAX_INTERVAL
+
+    return MAX_INTERVAL if config.selection.rule == "budget" or config.map_reuse > 1 else 1
+
+
+def step_time(model, kwargs, repeats: int, group: int = 1) -> float:
+    """Median wall time (ms) of one forward, synchronized. With ``group`` > 1 each sample is the mean of ``group``
+    consecutive forwards (`loop_length`)."""
+    times = sorted(sum(timed_call(model, kwargs) for _ in range(group)) / group for _ in range(repeats))
     return times[len(times) // 2]
 
 
@@ -305,15 +315,17 @@ def run_model(name: str, args, rows: List[Dict], meta: Dict):
 
     settings = [("topk=1 (exactness)", SpargeConfig(topk=1.0, sim_threshold=None, check_finite=False))]
     for item in args.settings:
-        predictor, value = item.split(":")
+        predictor, value, *reuse = item.split(":")
+        map_reuse = int(reuse[0]) if reuse else 1  # the rows before map_reuse existed predicted in every call
         if predictor in ("eps", "mixed-eps"):  # the error budget with the lse / mixed predictor
             ranking = "lse" if predictor == "eps" else "mixed"
-            settings.append((f"{ranking} eps={value} hilbert", SpargeConfig(
-                target_error=float(value), predictor=ranking, sim_threshold=None, reorder="hilbert",
-                check_finite=False)))
+            settings.append((f"{ranking} eps={value} hilbert" + (f" map_reuse={map_reuse}" if reuse else ""),
+                             SpargeConfig(target_error=float(value), predictor=ranking, sim_threshold=None,
+                                          reorder="hilbert", check_finite=False, map_reuse=map_reuse)))
             continue
-        settings.append((f"{predictor} topk={value} hilbert", SpargeConfig(
-            topk=float(value), predictor=predictor, sim_threshold=None, reorder="hilbert", check_finite=False)))
+        settings.append((f"{predictor} topk={value} hilbert" + (f" map_reuse={map_reuse}" if reuse else ""),
+                         SpargeConfig(topk=float(value), predictor=predictor, sim_threshold=None, reorder="hilbert",
+                                      check_finite=False, map_reuse=map_reuse)))
 
     with torch.no_grad():
         model(**kwargs, return_dict=False)
@@ -324,7 +336,7 @@ def run_model(name: str, args, rows: List[Dict], meta: Dict):
             apply_sparge(model, config)
             model(**kwargs, return_dict=False)
             out, peak = peak_call(model, kwargs)
-            ms = step_time(model, kwargs, args.repeats)
+            ms = step_time(model, kwargs, args.repeats, group=loop_length(config))
             remove_sparge(model)
             apply_sparge(model, config, collect_stats=True)
             model(**kwargs, return_dict=False)
@@ -351,7 +363,7 @@ def compiled_runs(name, model, kwargs, settings, args, add, stock_out, stock_pea
     """Stock and Sparge under ``torch.compile`` of the transformer (fresh compile each; compile time reported)."""
     from torch._dynamo.utils import counters
 
-    def compile_and_time(label, reset=True):
+    def compile_and_time(label, reset=True, group=1):
         if reset:
             torch._dynamo.reset()
         counters.clear()
@@ -362,7 +374,7 @@ def compiled_runs(name, model, kwargs, settings, args, add, stock_out, stock_pea
         out = compiled(**kwargs, return_dict=False)[0].float()
         peak = _peak()  # 0 on the CPU: compiled code is not measured there
         # compiled steps are short next to their compile: at least 5 repeats (2 spread Flux by about 2%)
-        ms = step_time(compiled, kwargs, max(args.repeats, COMPILED_MIN_REPEATS))
+        ms = step_time(compiled, kwargs, max(args.repeats, COMPILED_MIN_REPEATS), group=group)
         return out, ms, peak, max(0.0, (first - ms) / 1e3), breaks, compiled
 
     # the compiled stock row's relL1 is against eager stock (what compilation alone changes); the compiled Sparge
@@ -375,7 +387,7 @@ def compiled_runs(name, model, kwargs, settings, args, add, stock_out, stock_pea
         apply_sparge(model, config)
         # no dynamo reset: the compiled stock code stays cached (its guards fail while Sparge is on), so that stock
         # can be timed again afterwards without a second compile
-        out, ms, peak, compile_s, breaks, _ = compile_and_time(label, reset=False)
+        out, ms, peak, compile_s, breaks, _ = compile_and_time(label, reset=False, group=loop_length(config))
         remove_sparge(model)
         add("compiled", label, ms, peak, stock_ms, compile_s=round(compile_s, 1),
             rel_l1_vs_stock=round(relative_l1(out, compiled_stock), 5),
@@ -405,7 +417,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--models", nargs="+", default=None, choices=list(MODELS) + list(TINY_MODELS))
     parser.add_argument("--settings", nargs="+", default=["lse:0.5", "lse:0.3", "sparge:0.5", "eps:0.05"],
                         help="PREDICTOR:TOPK pairs run with Hilbert order (eps:E / mixed-eps:E: the error budget E "
-                             "with the lse / mixed predictor)")
+                             "with the lse / mixed predictor); a third field N reuses a block map for up to N calls "
+                             "(default 1: every call predicts); budget and reuse rows are means of 8 forwards")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layers", type=int, default=None,
                         help="transformer blocks of the Wan / HunyuanVideo rows (default: all)")

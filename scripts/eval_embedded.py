@@ -60,6 +60,11 @@ def settings(block_n: int):
                                                    speed_rule="sparse")))
     rows.append(("mixed_eps0.05_ds0", SpargeConfig(target_error=0.05, topk=None, predictor="mixed",
                                                    block_n=block_n, speed_rule="sparse")))
+    # block-map reuse: one predicted map serves up to N calls of a layer while its drop masses are reused
+    for reuse in (2, 4):
+        rows.append((f"mixed_eps0.05_reuse{reuse}", SpargeConfig(target_error=0.05, predictor="mixed",
+                                                                 block_n=block_n, speed_rule="sparse",
+                                                                 map_reuse=reuse)))
     return rows
 
 
@@ -141,6 +146,8 @@ def main(argv=None) -> None:
                              "sparsity": 0.0 if config is None else round(get_sparge_stats(pipe).mean_sparsity, 4),
                              "psnr": float("inf") if config is None else round(psnr(frames, ref), 3),
                              "ssim": 1.0 if config is None else round(ssim(frames, ref), 4),
+                             "map_reuse_share": 0.0 if config is None else round(
+                                 get_sparge_stats(pipe).map_reuse_share, 4),
                              "frames": frames, "check": check})
                 if len(rows) % 10 == 0:  # partial results survive a time limit (the table counts the renders)
                     write_results(args, call, block_n, str(dtype), len(prompts), rows, done + [name], tag,
@@ -212,7 +219,8 @@ def _accuracy(sel) -> dict:
 
 
 def write_results(args, call, block_n, dtype, n_prompts, rows, done, tag, seconds) -> None:
-    fields = ["setting", "prompt", "seed", "colour", "motion", "colour_ok", "motion_ok", "sparsity", "psnr", "ssim"]
+    fields = ["setting", "prompt", "seed", "colour", "motion", "colour_ok", "motion_ok", "sparsity", "psnr", "ssim",
+              "map_reuse_share"]
     with open(os.path.join(args.out, f"eval_{tag}.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
@@ -222,14 +230,17 @@ def write_results(args, call, block_n, dtype, n_prompts, rows, done, tag, second
              f"{call['num_inference_steps']} steps, guidance {call['guidance_scale']})", "",
              f"{n_prompts} prompts x {args.seeds} seeds, key block {block_n}, device {args.device}, {dtype}; "
              f"PSNR / SSIM against the dense render of the same seed; checker accuracy against the prompt.", "",
-             "| setting | renders | sparsity | PSNR dB (mean / min) | SSIM | colour acc | motion acc | both |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| setting | renders | sparsity | maps reused | PSNR dB (mean / min) | SSIM | colour acc | motion acc "
+             "| both |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name in done:
         sel = [r for r in rows if r["setting"] == name]
         acc = _accuracy(sel)
         finite = [r["psnr"] for r in sel if math.isfinite(r["psnr"])]
         psnr_text = "dense" if not finite else f"{np.mean(finite):.2f} / {np.min(finite):.2f}"
-        lines.append(f"| {name} | {len(sel)} | {np.mean([r['sparsity'] for r in sel]):.3f} | {psnr_text} | "
+        reused = np.mean([float(r.get("map_reuse_share") or 0.0) for r in sel])
+        lines.append(f"| {name} | {len(sel)} | {np.mean([r['sparsity'] for r in sel]):.3f} | {reused:.2f} | "
+                     f"{psnr_text} | "
                      f"{np.mean([r['ssim'] for r in sel]):.4f} | {acc['colour']:.3f} | {acc['motion']:.3f} | "
                      f"{acc['both']:.3f} |")
     if math.isfinite(seconds):

@@ -105,7 +105,8 @@ def config_from_args(args: argparse.Namespace) -> SpargeConfig:
                             predictor=args.predictor, sim_threshold=resolve_sim_threshold(args.sim_threshold, model),
                             pv_threshold=args.pv_threshold, precision=args.precision, reorder=args.reorder,
                             dense_steps=args.dense_steps, block_n=resolve_block_n(args.block_n, model),
-                            calibration=_calibration_path(getattr(args, "calibration", None)))
+                            calibration=_calibration_path(getattr(args, "calibration", None)),
+                            map_reuse=getattr(args, "map_reuse", SpargeConfig.map_reuse))
     except ValueError as error:
         raise UsageError(str(error)) from None
 

@@ -79,8 +79,9 @@ def sparge_attn(
         keep_ranges: ``(start, end)`` token ranges whose rows and columns are always computed; overrides
             ``config.keep_token_ranges`` for this call (integrations pass the text tokens here).
         layer: the attention layer index, for a calibrated budget (``config.calibration``).
-        guard: per-layer state of the error budget across calls (`BudgetGuard`): its drop masses are reused for a
-            few calls and measured again when they are due. Without one (and without a calibration) every call
+        guard: per-layer state across calls (`BudgetGuard`): the error budget's drop masses are reused for a
+            few calls and measured again when they are due, and with ``config.map_reuse`` > 1 its last block map
+            serves the next calls instead of a new prediction. Without one (and without a calibration) every call
             with ``target_error`` measures its drop masses on sampled exact rows (about 1% of the attention work).
         finite_check: with ``config.check_finite``, where the NaN / inf check of q, k and v goes: None checks now
             (one host synchronization per call); a `FiniteCheck` queues it on the device, and its owner reads it
@@ -103,6 +104,7 @@ def sparge_attn(
     selection = config.selection
     backend = _choose_backend(q, k, config, _forced_tokens(ranges, k.shape[-2]))
     drop = None
+    stored = None  # a block map of an earlier call that this one attends instead of predicting (`BudgetGuard`)
     if selection.rule == "budget" and backend != "dense":
         _warn_below_floor(config)
         drop = _known_drop_mass(config, layer, guard, call_key(q, k), q.device)
@@ -112,6 +114,11 @@ def sparge_attn(
                      "more than it saves below the measured length on this GPU; using dense attention (pass a "
                      "BudgetGuard, use apply_sparge, or give a calibration)", level=logging.INFO)
             backend = "dense"
+    reuse_maps = (guard is not None and config.map_reuse > 1 and backend != "dense" and not selection.keeps_all
+                  and not torch.compiler.is_compiling())
+    if reuse_maps and (selection.rule != "budget" or drop is not None):  # a call measuring its budget predicts
+        stored = guard.reuse_map(call_key(q, k), config.map_reuse)
+        stored = stored[1] if stored is not None and stored[0] == backend else None
     if backend != "dense" and config.check_finite and not skip_check():
         # the quantized path can turn a NaN into finite garbage; dense SDPA propagates it, so it is not checked
         if finite_check is None:
@@ -131,7 +138,7 @@ def sparge_attn(
             out = guarded_sparge_attention(
                 *_pad_head_dim(q, k, v), float(scale), config.block_m, config.block_n, float(selection.value),
                 config.sim_threshold, config.pv_threshold, config.precision, flat_ranges(ranges),
-                config.predictor, guard.key)[..., :head_dim]
+                config.predictor, guard.key, config.map_reuse)[..., :head_dim]
         elif backend == "triton":
             from .kernels.dispatch import sparge_attention_triton
 
@@ -139,21 +146,25 @@ def sparge_attn(
             out, lut, counts, used = sparge_attention_triton(
                 *padded, scale=scale, block_m=config.block_m, block_n=config.block_n, selection=selection,
                 sim_threshold=config.sim_threshold, pv_threshold=config.pv_threshold, precision=config.precision,
-                keep_ranges=ranges, predictor=config.predictor, drop_mass=drop,
+                keep_ranges=ranges, predictor=config.predictor, drop_mass=drop, block_map=stored,
             )
             out = out[..., :head_dim]
             block_mask = block_mask_from_lut(lut, counts) if return_stats else None
+            predicted = (lut, counts)
         else:
             out = reference.naive_sparge_attention(
                 q, k, v, scale=scale, block_m=config.block_m, block_n=config.block_n, topk=config.topk,
                 cdf_threshold=config.cdf_threshold, sim_threshold=config.sim_threshold,
                 pv_threshold=config.pv_threshold, precision=config.precision, keep_ranges=ranges,
                 predictor=config.predictor, target_error=config.target_error, drop_mass=drop,
-                return_drop_mass=True,
+                return_drop_mass=True, block_mask=stored,
             )
             out, block_mask, used = out
+            predicted = block_mask
         if selection.rule == "budget" and guard is not None and drop is None and not torch.compiler.is_compiling():
             guard.update(call_key(q, k), used)
+        if reuse_maps and stored is None:
+            guard.store_map(call_key(q, k), (backend, predicted))
         out = out.to(q.dtype)
         stats = None
         if return_stats:

@@ -8,6 +8,11 @@ drop mass moves by more than 2× either way, or a head switches between sparse a
 one guard per attention layer, with a separate state per call shape (batch, heads, query and key length): the
 text-padding groups of a masked batch are separate calls of one layer and never share drop masses. `sparge_attn`
 without a guard measures in every call.
+
+The guard also keeps the block map of its last prediction per call shape (``SpargeConfig.map_reuse``): while the
+drop masses are reused, a map may serve up to ``map_reuse`` calls before it is predicted again, so those calls skip
+the prediction (its pooled statistics, the lse pass, the sampled rows and the selection) and only quantize and
+attend. A re-measurement that finds drift resets the interval to every call, and then every call predicts again.
 """
 
 from __future__ import annotations
@@ -28,12 +33,14 @@ AGREEMENT = 0.9
 class _Slot:
     """The guard's state for one call shape."""
 
-    __slots__ = ("drop", "interval", "since")
+    __slots__ = ("drop", "interval", "since", "block_map", "map_calls")
 
     def __init__(self) -> None:
         self.drop: Optional[torch.Tensor] = None
         self.interval = 1
         self.since = 0
+        self.block_map: Optional[Tuple] = None  # the last predicted map (the backend's own form), or None
+        self.map_calls = 0  # calls the stored map has served
 
 
 class BudgetGuard:
@@ -46,6 +53,7 @@ class BudgetGuard:
 
     Attributes:
         measured, reused: calls that measured / reused drop masses (for statistics).
+        maps_reused: calls that reused a stored block map instead of predicting one.
         interval: calls between measurements now (1 = every call), of the shape seen last.
     """
 
@@ -75,31 +83,60 @@ class BudgetGuard:
         self.reused += 1
         return slot.drop
 
+    def reuse_map(self, key, limit: int) -> Optional[Tuple]:
+        """The block map stored for this call shape when it has served fewer than ``limit`` calls, else None (then
+        predict, and pass the new map to `store_map`). Ask only in a call whose drop masses are reused or given:
+        a call that measures them predicts its own map."""
+        slot = self._slots.get(tuple(int(x) for x in key))
+        if limit <= 1 or slot is None or slot.block_map is None or slot.map_calls >= limit:
+            return None
+        slot.map_calls += 1
+        self.maps_reused += 1
+        return slot.block_map
+
+    def store_map(self, key, block_map: Tuple) -> None:
+        """Keep a newly predicted block map of this call shape; it has served one call (the one that predicted it)."""
+        key = tuple(int(x) for x in key)
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._new_slot(key)
+        slot.block_map, slot.map_calls = block_map, 1
+
     def update(self, key, drop: torch.Tensor) -> None:
         """Store newly measured drop masses of this call shape and adapt its interval to how much they moved."""
         key = tuple(int(x) for x in key)
         drop = drop.detach().float()
         slot = self._slots.get(key)
         if slot is None:
-            if len(self._slots) >= MAX_SLOTS:
-                self._slots.pop(next(iter(self._slots)))
-            slot = self._slots[key] = _Slot()
+            slot = self._new_slot(key)
         elif slot.drop is not None:
             slot.interval = min(self.max_interval, slot.interval * 2) if _agree(slot.drop, drop) else 1
         slot.drop, slot.since = drop, 0
         self._last = key
         self.measured += 1
 
+    def forget_maps(self) -> None:
+        """Drop every stored block map (a new generation starts: the last step's map is not the first step's)."""
+        for slot in self._slots.values():
+            slot.block_map, slot.map_calls = None, 0
+
+    def _new_slot(self, key) -> _Slot:
+        if len(self._slots) >= MAX_SLOTS:
+            self._slots.pop(next(iter(self._slots)))
+        slot = self._slots[key] = _Slot()
+        return slot
+
     def reset(self) -> None:
         """Forget every call shape's drop masses and the statistics (the key stays)."""
         self.measured = 0
         self.reused = 0
+        self.maps_reused = 0
         self._slots: Dict[Tuple[int, ...], _Slot] = {}
         self._last: Optional[Tuple[int, ...]] = None
 
     def __repr__(self) -> str:
         return (f"BudgetGuard(interval={self.interval}, measured={self.measured}, reused={self.reused}, "
-                f"shapes={len(self._slots)})")
+                f"maps_reused={self.maps_reused}, shapes={len(self._slots)})")
 
 
 def call_key(q: torch.Tensor, k: torch.Tensor) -> Tuple[int, int, int, int]:

@@ -25,25 +25,31 @@ from .kernels.selection import Selection
 def guarded_sparge_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, block_m: int,
                              block_n: int, target_error: float, sim_threshold: Optional[float],
                              pv_threshold: Optional[float], precision: str, keep_ranges: List[int], predictor: str,
-                             guard_key: str) -> torch.Tensor:
-    """`kernels.dispatch.sparge_attention_launch` with the ``"budget"`` rule, drop masses reused from or stored in
-    the guard ``guard_key``. q: ``[B, H, Sq, D]``; k, v: ``[B, H, Sk, D]`` (D in 64, 128); ``keep_ranges`` flat."""
+                             guard_key: str, map_reuse: int = 1) -> torch.Tensor:
+    """`kernels.dispatch.sparge_attention_launch` with the ``"budget"`` rule, drop masses (and, up to ``map_reuse``
+    calls, block maps) reused from or stored in the guard ``guard_key``. q: ``[B, H, Sq, D]``; k, v: ``[B, H, Sk, D]``
+    (D in 64, 128); ``keep_ranges`` flat."""
     guard = guard_by_key(guard_key)
     key = call_key(q, k)
     drop = guard.reuse(key)
+    stored = guard.reuse_map(key, map_reuse) if drop is not None else None
+    stored = stored[1] if stored is not None and stored[0] == "triton" else None
     device_scope = torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext()
     with device_scope:
-        out, _, _, used = sparge_attention_launch(q, k, v, scale, block_m, block_n, Selection("budget", target_error),
-                                                  sim_threshold, pv_threshold, precision, keep_ranges, predictor,
-                                                  drop)
+        out, lut, counts, used = sparge_attention_launch(q, k, v, scale, block_m, block_n,
+                                                         Selection("budget", target_error), sim_threshold,
+                                                         pv_threshold, precision, keep_ranges, predictor, drop,
+                                                         stored)
     if drop is None:
         guard.update(key, used)
+    if stored is None and map_reuse > 1:
+        guard.store_map(key, ("triton", (lut, counts)))
     return out
 
 
 @guarded_sparge_attention.register_fake
 def _(q, k, v, scale, block_m, block_n, target_error, sim_threshold, pv_threshold, precision, keep_ranges, predictor,
-      guard_key):
+      guard_key, map_reuse=1):
     return output_like(q)
 
 

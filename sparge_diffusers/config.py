@@ -109,6 +109,12 @@ class SpargeConfig:
         speed_rule: ``"auto"``: CUDA calls where the measured crossover says the sparse path cannot beat cuDNN SDPA
             (short sequences, low top-k sparsity, padded head dims) use dense SDPA (`sparge_diffusers.speed_rule`);
             ``"sparse"``: always the sparse path.
+        map_reuse: the most calls of one layer and call shape that one predicted block map serves (1: predict in
+            every call). Needs a `BudgetGuard` (the diffusers integration keeps one per layer, and forgets the maps
+            at every new pipeline call it sees). Calls that reuse a map skip the prediction and only quantize and
+            attend. With the error budget a map is reused only while the drop masses are (a re-measurement that
+            finds drift predicts in every call again), also under ``torch.compile``; with top-k or τ the map is
+            reused for a fixed number of calls, in eager mode only (`sparge_diffusers.budget_guard`).
     """
 
     topk: Optional[float] = None
@@ -129,6 +135,7 @@ class SpargeConfig:
     target_error: Optional[float] = None  # last, so that positional arguments keep their meaning
     calibration: Optional[str] = None
     speed_rule: str = "auto"
+    map_reuse: int = 2
 
     def __post_init__(self) -> None:
         if self.target_error is not None and not (
@@ -162,6 +169,8 @@ class SpargeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if not isinstance(self.map_reuse, int) or isinstance(self.map_reuse, bool) or self.map_reuse < 1:
+            raise ValueError(f"map_reuse must be an integer >= 1, got {self.map_reuse!r}")
         try:
             layers = tuple(int(layer) for layer in self.dense_layers)
         except (TypeError, ValueError):

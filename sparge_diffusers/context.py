@@ -58,6 +58,8 @@ class SpargeContext:
         self.layer_ids: Dict[int, int] = {}
         self.seen_text_len: Optional[int] = None
         self.mask_cache: dict = {}
+        # every LayerCall made for this context, by its key
+        self.layer_calls: "weakref.WeakValueDictionary[str, LayerCall]" = weakref.WeakValueDictionary()
         self.calibration_recorder = None  # a `CalibrationRecorder` while `sparge-diffusers calibrate` runs
         self.pair_masks = False  # the family's masks are pair masks m[i, j] = valid[i] & valid[j] (HunyuanVideo 1.5)
         self.finite = FiniteCheck()  # the deferred NaN / inf check of this forward's calls (`end_forward` reads it)
@@ -78,8 +80,14 @@ class SpargeContext:
         return self.collect_stats and not torch.compiler.is_compiling()
 
     def begin_call(self) -> None:
-        """A new pipeline call: the next forward is step 0."""
+        """A new pipeline call: the next forward is step 0, and no layer reuses a block map of the last call."""
         self._last_timestep = None
+        self.forget_maps()
+
+    def forget_maps(self) -> None:
+        """Drop the block maps the layers' guards keep for reuse (``SpargeConfig.map_reuse``)."""
+        for layer in list(self.layer_calls.values()):
+            layer.guard.forget_maps()
 
     def begin_forward(self, *, grid, num_visual: int, text_len: Optional[int], text_side: str, timestep,
                       batch: Optional[int] = None) -> None:
@@ -118,10 +126,12 @@ class SpargeContext:
         if last is None or value is None:
             if last is not None or cur.forward_index > 0:
                 cur.generation += 1
+                self.forget_maps()
             cur.step = 0
         elif value > last:
             cur.generation += 1
             cur.step = 0
+            self.forget_maps()
         elif value < last:
             cur.step += 1
         self._last_timestep = value
@@ -186,12 +196,14 @@ class LayerCall:
     sparse: bool = True
     text_hint: Optional[tuple] = None  # standalone processors only: (start, end) of the text when no hook ran
     guard: BudgetGuard = field(default_factory=BudgetGuard, compare=False)  # the error budget across calls
+    map_reused: bool = field(default=False, compare=False)  # the last call attended a map of an earlier call
     key: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         # a name for opaque ops that need the layer back (compiled masked calls): see `layer_by_key`
         self.key = f"layer{next(_KEYS)}"
         _LAYERS[self.key] = self
+        self.context.layer_calls[self.key] = self
 
 
 _KEYS = itertools.count()

@@ -46,7 +46,8 @@ class SpargeRunStats:
         calls), ``attention_ms`` (wall time of the attention call: CUDA events on a GPU, perf_counter on the CPU),
         ``backend`` (``"triton"``, ``"reference"`` or ``"dense"``), ``policy`` (``"sparse"``, ``"dense_step"``,
         ``"dense_layer"``, ``"masked"``, ``"cross"`` or ``"unsupported"``), ``batch``, ``heads``, ``seq_len``,
-        ``text_len``, ``reorder``.
+        ``text_len``, ``reorder``, ``map_reused`` (True when the call attended a block map predicted by an earlier
+        call, ``SpargeConfig.map_reuse``).
 
     Device values (sparsity tensors, CUDA events) are read when ``rows`` is first accessed after new calls, so
     collecting does not synchronize the GPU in every layer. Calls made while ``torch.compile`` traces are not recorded.
@@ -78,6 +79,13 @@ class SpargeRunStats:
         """Mean of ``sparsity`` over all rows (dense calls count as 0); NaN when nothing was recorded."""
         rows = self.rows
         return sum(r["sparsity"] for r in rows) / len(rows) if rows else float("nan")
+
+    @property
+    def map_reuse_share(self) -> float:
+        """Share of the sparse calls (backend not dense) that reused an earlier call's block map instead of
+        predicting one; NaN when no call was sparse."""
+        sparse = [r for r in self.rows if r["backend"] != "dense"]
+        return sum(bool(r.get("map_reused")) for r in sparse) / len(sparse) if sparse else float("nan")
 
     @property
     def total_attention_ms(self) -> float:

@@ -88,9 +88,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer: LayerCal
         q, k, v = (perm.apply(x, dim=seq_dim) for x in (q, k, v))
     recorder = context.calibration_recorder
     want_stats = context.collecting() or recorder is not None
+    eager = not torch.compiler.is_compiling()  # a traced read of the counter would guard the graph on its value
+    maps_before = layer.guard.maps_reused if eager else 0
     result = sparge_attn(q, k, v, config=context.config, layout=layout, keep_ranges=keep_ranges, scale=scale,
                          return_stats=want_stats, layer=layer.index,
                          guard=None if recorder is not None else layer.guard, finite_check=context.finite)
+    if eager:
+        layer.map_reused = layer.guard.maps_reused != maps_before
     out, stats = result if want_stats else (result, None)
     if recorder is not None and stats is not None and stats.drop_mass is not None:
         recorder.add(layer.index, stats.drop_mass)
@@ -121,6 +125,7 @@ def record(layer: LayerCall, timer: Optional[Timer], *, policy: str, sparsities:
         "step": cur.step, "generation": cur.generation, "forward": cur.forward_index, "layer": layer.index,
         "name": layer.name, "backend": backend or "dense", "policy": policy, "batch": batch, "heads": heads,
         "seq_len": seq_len, "text_len": text_len, "reorder": f"hilbert@{context.reorder_at}" if reordered else "none",
+        "map_reused": layer.map_reused and backend not in (None, "dense"),
     }
     context.stats.record(row, sparsity, timer)
 

@@ -50,6 +50,9 @@ def add_parser(subparsers) -> None:
     grid.add_argument("--predictor", nargs="+", choices=[p for p in PREDICTORS if p != "full"],
                       default=[SpargeConfig.predictor],
                       help=f"block predictors (default: {SpargeConfig.predictor}; 'mixed' adds sampled exact rows)")
+    grid.add_argument("--map-reuse", type=int, nargs="+", default=[SpargeConfig.map_reuse], metavar="N",
+                      help=f"calls one predicted block map serves (default: {SpargeConfig.map_reuse}; 1 predicts in "
+                           f"every call)")
     add_block_argument(grid)
     add_model_arguments(parser)
     add_metric_arguments(parser)
@@ -117,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"--calibration: {error}") from None
     configs = expand_grid(topk, args.cdf_threshold, sim_thresholds, args.pv_threshold, args.dense_steps,
                           args.reorder, args.precision, resolve_block_n(args.block_n, model),
-                          target_error=args.target_error, calibration=args.calibration, predictor=args.predictor)
+                          target_error=args.target_error, calibration=args.calibration, predictor=args.predictor,
+                          map_reuse=args.map_reuse)
     if any(s < 0 for s in args.dense_steps):
         raise UsageError("--dense-steps values must be >= 0")
     family = model_family(model)  # validates --model before anything is loaded

@@ -30,6 +30,8 @@ def config_label(config: SpargeConfig) -> str:
     label = f"{selection} sim={sim} pv={pv} dense_steps={config.dense_steps} {config.reorder} {config.precision}"
     if config.predictor != UNNAMED_PREDICTOR:
         label += f" {config.predictor}"
+    if config.map_reuse != 1:  # maps were predicted in every call before map_reuse existed: those labels stay
+        label += f" map_reuse={config.map_reuse}"
     return label if config.block_n == SpargeConfig.block_n else f"{label} kblock={config.block_n}"
 
 
@@ -39,10 +41,11 @@ def expand_grid(topk: Sequence[float] = (), cdf_threshold: Sequence[float] = (),
                 reorder: Sequence[str] = ("hilbert",), precision: Sequence[str] = ("int8-fp8",),
                 block_n: int = SpargeConfig.block_n, *, target_error: Sequence[float] = (),
                 calibration: Sequence[Optional[str]] = (None,),
-                predictor: Sequence[str] = (SpargeConfig.predictor,)) -> List[SpargeConfig]:
+                predictor: Sequence[str] = (SpargeConfig.predictor,),
+                map_reuse: Sequence[int] = (SpargeConfig.map_reuse,)) -> List[SpargeConfig]:
     """Every `SpargeConfig` of the grid (top-k values first, then τ, then ε values), duplicates removed; ``block_n``
     is the key block size of every config (not a grid axis); ``calibration`` (None = uncalibrated, or calibration
-    files) is an axis of the ε configs only; ``predictor`` is an axis of every config.
+    files) is an axis of the ε configs only; ``predictor`` and ``map_reuse`` are axes of every config.
 
     Raises:
         UsageError: a value SpargeConfig rejects (its message), or an empty grid.
@@ -52,14 +55,14 @@ def expand_grid(topk: Sequence[float] = (), cdf_threshold: Sequence[float] = (),
     if not selections:
         raise UsageError("the grid is empty: give --topk, --cdf-threshold and/or --target-error values")
     configs: Dict[str, SpargeConfig] = {}
-    for (kind, value, cal), sim, pv, steps, order, prec, pred in itertools.product(
-            selections, sim_threshold, pv_threshold, dense_steps, reorder, precision, predictor):
+    for (kind, value, cal), sim, pv, steps, order, prec, pred, reuse in itertools.product(
+            selections, sim_threshold, pv_threshold, dense_steps, reorder, precision, predictor, map_reuse):
         try:
             config = SpargeConfig(topk=value if kind == "topk" else None,
                                   cdf_threshold=value if kind == "cdf" else None,
                                   target_error=value if kind == "eps" else None, calibration=cal,
                                   sim_threshold=sim, pv_threshold=pv, dense_steps=steps, reorder=order,
-                                  precision=prec, block_n=block_n, predictor=pred)
+                                  precision=prec, block_n=block_n, predictor=pred, map_reuse=reuse)
         except ValueError as error:
             raise UsageError(str(error)) from None
         configs.setdefault(config_label(config), config)

@@ -29,7 +29,7 @@ def test_sweep_end_to_end_and_resume(cli, fast, tmp_path, tiny_clip_dir, tiny_vq
     assert "6 render(s), 0 already done" in stdout
     rows = _rows(out)
     assert len(rows) == 6
-    labels = [DENSE_LABEL] + [f"topk={k} sim=off pv=off dense_steps=0 hilbert int8-fp8 mixed kblock=64"
+    labels = [DENSE_LABEL] + [f"topk={k} sim=off pv=off dense_steps=0 hilbert int8-fp8 mixed map_reuse=2 kblock=64"
                               for k in ("0.25", "0.5")]
     assert sorted({r["config"] for r in rows}) == sorted(labels)
     sparse = [r for r in rows if r["mode"] == "sparse"]
@@ -117,7 +117,11 @@ def test_grid_and_ranks():
     assert configs[0] == SpargeConfig(topk=0.5, sim_threshold=None)
     tau = [c for c in configs if c.topk is None]
     assert tau and all(c.cdf_threshold == 0.9 for c in tau)
-    assert config_label(configs[0]) == "topk=0.5 sim=off pv=off dense_steps=0 hilbert int8-fp8 mixed"
+    assert config_label(configs[0]) == "topk=0.5 sim=off pv=off dense_steps=0 hilbert int8-fp8 mixed map_reuse=2"
+    # map_reuse 1 (every call predicts, as before map_reuse existed) is not in the label; it is an axis of the grid
+    reuse = expand_grid([0.5], [], [None], map_reuse=[1, 4])
+    assert [c.map_reuse for c in reuse] == [1, 4]
+    assert [config_label(c).split("mixed")[1] for c in reuse] == ["", " map_reuse=4"]
     with pytest.raises(UsageError):
         expand_grid([], [])
     budgets = expand_grid([], [], [None], target_error=[0.05, 0.02], calibration=[None, "cal.json"])
@@ -128,7 +132,7 @@ def test_grid_and_ranks():
     assert [(c.selection.rule, c.predictor) for c in predictors] == [("topk", "lse"), ("topk", "mixed"),
                                                                      ("budget", "lse"), ("budget", "mixed")]
     # lse, the default when labels were introduced, is not in the label (older results folders keep their keys)
-    assert [config_label(c).endswith(" mixed") for c in predictors] == [False, True, False, True]
+    assert [" mixed" in config_label(c) for c in predictors] == [False, True, False, True]
     assert rank_info({}) == (0, 1, 0)
     assert rank_info({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == (3, 4, 1)
     with pytest.raises(UsageError):

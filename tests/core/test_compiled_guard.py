@@ -44,7 +44,7 @@ def test_compiled_sparge_attn_with_a_guard_goes_through_the_op(gen, monkeypatch)
     original = guarded_sparge_attention
 
     def counting(*args):
-        calls.append(args[-1])
+        calls.append(args[12])  # the guard key
         return original(*args)
 
     monkeypatch.setattr("sparge_diffusers.compiled_guard.guarded_sparge_attention", counting)
@@ -73,3 +73,19 @@ def test_guard_keys_are_unique_and_survive_reset():
     assert a.key == key and guard_by_key(key) is a
     with pytest.raises(KeyError):
         guard_by_key("guard-none")
+
+
+def test_guarded_op_reuses_block_maps_while_drop_masses_are_reused(gen):
+    q, k, v = _qkv(gen)
+    guard = BudgetGuard()
+    step = torch.compile(lambda q, k, v: guarded_sparge_attention(q, k, v, *ARGS, guard.key, 2), fullgraph=True,
+                         backend="eager")
+    try:
+        outs = [step(q, k, v) for _ in range(4)]
+    finally:
+        torch._dynamo.reset()
+    # calls 1, 2 and 4 measure (and predict); call 3 reuses the drop masses and, map_reuse 2, call 2's map
+    assert (guard.measured, guard.reused, guard.maps_reused) == (3, 1, 1)
+    torch.testing.assert_close(outs[2], outs[1], rtol=0, atol=0)  # same inputs: the reused map is call 2's own
+    slot = guard._slots[(1, 2, 333, 333)]
+    assert slot.block_map[0] == "triton" and slot.block_map[1][0].shape == (1, 2, 3, 6)

@@ -330,6 +330,41 @@ def test_compiled_budget_call_keeps_its_guard():
         assert ref.relative_l1(a, b) < 1e-3
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_reused_block_map_is_attended_eager_and_compiled(compiled):
+    """``map_reuse=2`` on CUDA: the third call (drop masses reused) attends the second call's map, not one predicted
+    from its own inputs, eager and under torch.compile (inside the guarded op), and its output is the launch's with
+    that map."""
+    from sparge_diffusers.budget_guard import BudgetGuard, call_key
+
+    q, k, v, _, _ = _guard_case("clip", "cogvideox", heads=range(4), seed=4)
+    q2, k2, v2, _, _ = _guard_case("clip", "cogvideox", heads=range(4), seed=9)
+    config = SpargeConfig(target_error=0.05, predictor="mixed", keep_token_ranges=[(0, 226)], check_finite=False,
+                          speed_rule="sparse", map_reuse=2)
+    guard = BudgetGuard()
+    call = lambda q, k, v: sparge_attn(q, k, v, config=config, guard=guard)  # noqa: E731
+    step = torch.compile(call, fullgraph=True) if compiled else call
+    try:
+        step(q, k, v)
+        step(q, k, v)  # measured twice: they agree, the interval doubles
+        slot = guard._slots[call_key(q, k)]
+        lut, counts = slot.block_map[1]
+        lut, counts = lut.clone(), counts.clone()
+        out = step(q2, k2, v2)
+    finally:
+        torch._dynamo.reset()
+    assert (guard.measured, guard.reused, guard.maps_reused) == (2, 1, 1)
+    own = dispatch.sparge_attention_launch(q2, k2, v2, q.shape[-1] ** -0.5, 128, 128, config.selection,
+                                           config.sim_threshold, None, config.precision, [0, 226], "mixed",
+                                           slot.drop)[1:3]
+    # its own prediction differs, so the check below can fail
+    assert not torch.equal(block_mask_from_lut(*own), block_mask_from_lut(lut, counts))
+    expected = dispatch.sparge_attention_launch(q2, k2, v2, q.shape[-1] ** -0.5, 128, 128, config.selection,
+                                                config.sim_threshold, None, config.precision, [0, 226], "mixed",
+                                                slot.drop, (lut, counts))[0]
+    assert ref.relative_l1(out, expected) < 1e-3
+
+
 def test_sparse_call_replays_from_a_cuda_graph():
     """`run_stats.capture_cuda_graph` (the benchmarks' device-time measure): the captured sparse call, replayed on new
     inputs written into the same buffers, gives what an eager call on those inputs gives."""
