@@ -201,7 +201,8 @@ def main(argv=None) -> int:
                        mixed_sparsity=round(mixed_stats.mean_sparsity, 4),
                        mixed_reused_ms=round(mixed_reused_ms, 4), map_reused_ms=round(map_reused_ms, 4),
                        maps_reused=mixed_guard.maps_reused, prediction_share=round(prediction, 4),
-                       reuse2_ms=round(pair_ms, 4), prediction_share_reuse2=round((pair_ms - map_reused_ms) / dense, 4),
+                       reuse2_ms=round(pair_ms, 4),
+                       prediction_share_reuse2=round((pair_ms - map_reused_ms) / dense, 4),
                        x_cudnn_map_reused=round(dense / map_reused_ms, 3))
         rows.append(row)
         print(row, flush=True)

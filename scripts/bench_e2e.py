@@ -233,7 +233,7 @@ def loop_length(config: SpargeConfig) -> int:
     mean of a whole cycle (`MAX_INTERVAL` forwards, a multiple of every map_reuse up to it); other rules: 1."""
     from sparge_diffusers.budget_guard import MAX_INTERVAL
 
-    return MAX_INTERVAL if config.selection.rule == "budget" or config.map_reuse > 1 else 1
+    return MAX_INTERVAL if config.selection.rule == "budget" or config.map_reuse_calls > 1 else 1
 
 
 def step_time(model, kwargs, repeats: int, group: int = 1) -> float:

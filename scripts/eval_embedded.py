@@ -54,13 +54,15 @@ def settings(block_n: int):
         rows.append((f"topk0.5_ds{dense_steps}", SpargeConfig(topk=0.5, predictor="lse", block_n=block_n,
                                                                  dense_steps=dense_steps, speed_rule="sparse")))
         rows.append((f"eps0.05_ds{dense_steps}", SpargeConfig(target_error=0.05, predictor="lse", block_n=block_n,
-                                                               dense_steps=dense_steps, speed_rule="sparse")))
+                                                               dense_steps=dense_steps, speed_rule="sparse",
+                                                               map_reuse=1)))
     # the mixed predictor (lse + 4 sampled exact rows per block)
     rows.append(("mixed_topk0.5_ds0", SpargeConfig(topk=0.5, predictor="mixed", block_n=block_n,
                                                    speed_rule="sparse")))
     rows.append(("mixed_eps0.05_ds0", SpargeConfig(target_error=0.05, topk=None, predictor="mixed",
-                                                   block_n=block_n, speed_rule="sparse")))
-    # block-map reuse: one predicted map serves up to N calls of a layer while its drop masses are reused
+                                                   block_n=block_n, speed_rule="sparse", map_reuse=1)))
+    # block-map reuse: one predicted map serves up to N calls of a layer while its drop masses are reused (2: the
+    # default with the budget)
     for reuse in (2, 4):
         rows.append((f"mixed_eps0.05_reuse{reuse}", SpargeConfig(target_error=0.05, predictor="mixed",
                                                                  block_n=block_n, speed_rule="sparse",

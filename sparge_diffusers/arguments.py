@@ -106,7 +106,7 @@ def config_from_args(args: argparse.Namespace) -> SpargeConfig:
                             pv_threshold=args.pv_threshold, precision=args.precision, reorder=args.reorder,
                             dense_steps=args.dense_steps, block_n=resolve_block_n(args.block_n, model),
                             calibration=_calibration_path(getattr(args, "calibration", None)),
-                            map_reuse=getattr(args, "map_reuse", SpargeConfig.map_reuse))
+                            map_reuse=getattr(args, "map_reuse", None))
     except ValueError as error:
         raise UsageError(str(error)) from None
 

@@ -114,11 +114,10 @@ def sparge_attn(
                      "more than it saves below the measured length on this GPU; using dense attention (pass a "
                      "BudgetGuard, use apply_sparge, or give a calibration)", level=logging.INFO)
             backend = "dense"
-    reuse_maps = (guard is not None and config.map_reuse > 1 and backend != "dense" and not selection.keeps_all
+    reuse_maps = (guard is not None and config.map_reuse_calls > 1 and backend != "dense" and not selection.keeps_all
                   and not torch.compiler.is_compiling())
     if reuse_maps and (selection.rule != "budget" or drop is not None):  # a call measuring its budget predicts
-        stored = guard.reuse_map(call_key(q, k), config.map_reuse)
-        stored = stored[1] if stored is not None and stored[0] == backend else None
+        stored = guard.reuse_map(call_key(q, k), config.map_reuse_calls, backend)
     if backend != "dense" and config.check_finite and not skip_check():
         # the quantized path can turn a NaN into finite garbage; dense SDPA propagates it, so it is not checked
         if finite_check is None:
@@ -138,7 +137,7 @@ def sparge_attn(
             out = guarded_sparge_attention(
                 *_pad_head_dim(q, k, v), float(scale), config.block_m, config.block_n, float(selection.value),
                 config.sim_threshold, config.pv_threshold, config.precision, flat_ranges(ranges),
-                config.predictor, guard.key, config.map_reuse)[..., :head_dim]
+                config.predictor, guard.key, config.map_reuse_calls)[..., :head_dim]
         elif backend == "triton":
             from .kernels.dispatch import sparge_attention_triton
 
@@ -164,7 +163,7 @@ def sparge_attn(
         if selection.rule == "budget" and guard is not None and drop is None and not torch.compiler.is_compiling():
             guard.update(call_key(q, k), used)
         if reuse_maps and stored is None:
-            guard.store_map(call_key(q, k), (backend, predicted))
+            guard.store_map(call_key(q, k), backend, predicted)
         out = out.to(q.dtype)
         stats = None
         if return_stats:

@@ -9,10 +9,11 @@ one guard per attention layer, with a separate state per call shape (batch, head
 text-padding groups of a masked batch are separate calls of one layer and never share drop masses. `sparge_attn`
 without a guard measures in every call.
 
-The guard also keeps the block map of its last prediction per call shape (``SpargeConfig.map_reuse``): while the
-drop masses are reused, a map may serve up to ``map_reuse`` calls before it is predicted again, so those calls skip
-the prediction (its pooled statistics, the lse pass, the sampled rows and the selection) and only quantize and
-attend. A re-measurement that finds drift resets the interval to every call, and then every call predicts again.
+The guard also keeps the block map of its last prediction per call shape, packed to bits (``SpargeConfig.map_reuse``):
+while the drop masses are reused, a map may serve up to ``map_reuse`` calls before it is predicted again, so those
+calls skip the prediction (its block statistics, the lse pass, the sampled rows and the selection) and only quantize
+and attend. A re-measurement that finds drift resets the interval to every call, and then every call predicts again.
+Top-k and τ calls, which have no drop masses, reuse a map for a fixed number of calls.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import weakref
 from typing import Dict, Optional, Tuple
 
 import torch
+
+from .kernels.lut import lut_from_bits, lut_from_mask, mask_from_bits, pack_lut
 
 MAX_INTERVAL = 8
 # call shapes (batch, heads, query length, key length) one guard keeps apart
@@ -39,7 +42,7 @@ class _Slot:
         self.drop: Optional[torch.Tensor] = None
         self.interval = 1
         self.since = 0
-        self.block_map: Optional[Tuple] = None  # the last predicted map (the backend's own form), or None
+        self.block_map: Optional[Tuple] = None  # the last predicted map: (backend, bits, NK), or None
         self.map_calls = 0  # calls the stored map has served
 
 
@@ -83,24 +86,31 @@ class BudgetGuard:
         self.reused += 1
         return slot.drop
 
-    def reuse_map(self, key, limit: int) -> Optional[Tuple]:
-        """The block map stored for this call shape when it has served fewer than ``limit`` calls, else None (then
-        predict, and pass the new map to `store_map`). Ask only in a call whose drop masses are reused or given:
-        a call that measures them predicts its own map."""
+    def reuse_map(self, key, limit: int, backend: str):
+        """The block map stored for this call shape when it has served fewer than ``limit`` calls and was made by
+        ``backend``, else None (then predict, and pass the new map to `store_map`): ``(lut, counts)`` for
+        ``"triton"``, a bool ``[B, H, NQ, NK]`` mask otherwise. Ask only in a call whose drop masses are reused or
+        given: a call that measures them predicts its own map."""
         slot = self._slots.get(tuple(int(x) for x in key))
         if limit <= 1 or slot is None or slot.block_map is None or slot.map_calls >= limit:
             return None
+        made_by, bits, num_k = slot.block_map
+        if made_by != backend:
+            return None
         slot.map_calls += 1
         self.maps_reused += 1
-        return slot.block_map
+        return lut_from_bits(bits, num_k) if backend == "triton" else mask_from_bits(bits, num_k)
 
-    def store_map(self, key, block_map: Tuple) -> None:
-        """Keep a newly predicted block map of this call shape; it has served one call (the one that predicted it)."""
+    def store_map(self, key, backend: str, block_map) -> None:
+        """Keep a newly predicted block map of this call shape (``(lut, counts)`` from ``"triton"``, a bool mask
+        from other backends) as a bit mask (`kernels.lut.pack_lut`: 1/32 of the kernels' list, e.g. 1.7 MB for a
+        Wan 2.1 14B 720p layer); it has served one call (the one that predicted it)."""
         key = tuple(int(x) for x in key)
         slot = self._slots.get(key)
         if slot is None:
             slot = self._new_slot(key)
-        slot.block_map, slot.map_calls = block_map, 1
+        lut, counts = block_map if backend == "triton" else lut_from_mask(block_map)
+        slot.block_map, slot.map_calls = (backend, pack_lut(lut, counts), lut.shape[-1]), 1
 
     def update(self, key, drop: torch.Tensor) -> None:
         """Store newly measured drop masses of this call shape and adapt its interval to how much they moved."""

@@ -32,8 +32,7 @@ def guarded_sparge_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     guard = guard_by_key(guard_key)
     key = call_key(q, k)
     drop = guard.reuse(key)
-    stored = guard.reuse_map(key, map_reuse) if drop is not None else None
-    stored = stored[1] if stored is not None and stored[0] == "triton" else None
+    stored = guard.reuse_map(key, map_reuse, "triton") if drop is not None else None
     device_scope = torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext()
     with device_scope:
         out, lut, counts, used = sparge_attention_launch(q, k, v, scale, block_m, block_n,
@@ -43,7 +42,7 @@ def guarded_sparge_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     if drop is None:
         guard.update(key, used)
     if stored is None and map_reuse > 1:
-        guard.store_map(key, ("triton", (lut, counts)))
+        guard.store_map(key, "triton", (lut, counts))
     return out
 
 

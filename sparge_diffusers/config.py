@@ -30,6 +30,8 @@ HEAD_DIM_FALLBACKS = ("pad", "dense")
 BLOCK_SIZES = (64, 128)
 DEFAULT_TARGET_ERROR = 0.05
 SELECTION_FIELDS = ("topk", "cdf_threshold", "target_error")
+# calls one predicted block map serves under the error budget when ``map_reuse`` is None (`SpargeConfig.map_reuse`)
+DEFAULT_MAP_REUSE = 2
 # Relative L1 against fp32 dense attention that each precision adds with every block kept (the error floor of a
 # budget). Measured on an H200 with random normal inputs, the worst case (near-uniform attention rounds most P
 # values): int8-fp8 0.039-0.041 (`scripts/fp8_error_floor.py`: 0.037 from e4m3 rounding of P and V alone),
@@ -110,11 +112,16 @@ class SpargeConfig:
             (short sequences, low top-k sparsity, padded head dims) use dense SDPA (`sparge_diffusers.speed_rule`);
             ``"sparse"``: always the sparse path.
         map_reuse: the most calls of one layer and call shape that one predicted block map serves (1: predict in
-            every call). Needs a `BudgetGuard` (the diffusers integration keeps one per layer, and forgets the maps
-            at every new pipeline call it sees). Calls that reuse a map skip the prediction and only quantize and
-            attend. With the error budget a map is reused only while the drop masses are (a re-measurement that
-            finds drift predicts in every call again), also under ``torch.compile``; with top-k or τ the map is
-            reused for a fixed number of calls, in eager mode only (`sparge_diffusers.budget_guard`).
+            every call); None (the default) is `DEFAULT_MAP_REUSE` (2) with the error budget and 1 with top-k or τ
+            (`map_reuse_calls`). Needs a `BudgetGuard` (the diffusers integration keeps one per layer, and forgets
+            the maps at every new pipeline call it sees). Calls that reuse a map skip the prediction and only
+            quantize and attend. With the error budget a map is reused only while the drop masses are (a
+            re-measurement that finds drift predicts in every call again), also under ``torch.compile``; with top-k
+            or τ it is reused for a fixed number of calls, in eager mode only (`sparge_diffusers.budget_guard`).
+            Measured (H200, session 11, benchmarks/results/map_reuse.md): with ε = 0.05 and 2, the mixed prediction
+            drops from 5.9% to 3.0% of a dense cuDNN call at CogVideoX-2b length (4.6% to 2.4% at Mochi's), steps
+            run 1.7-5% faster, and the trained embedded model's renders stay as close to dense (PSNR 30.0 against
+            29.8 dB); with top-k (lse, 1.5-2% a call) no step got measurably faster, so it stays off there.
     """
 
     topk: Optional[float] = None
@@ -135,7 +142,7 @@ class SpargeConfig:
     target_error: Optional[float] = None  # last, so that positional arguments keep their meaning
     calibration: Optional[str] = None
     speed_rule: str = "auto"
-    map_reuse: int = 2
+    map_reuse: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.target_error is not None and not (
@@ -169,8 +176,9 @@ class SpargeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        if not isinstance(self.map_reuse, int) or isinstance(self.map_reuse, bool) or self.map_reuse < 1:
-            raise ValueError(f"map_reuse must be an integer >= 1, got {self.map_reuse!r}")
+        if self.map_reuse is not None and (not isinstance(self.map_reuse, int) or isinstance(self.map_reuse, bool)
+                                           or self.map_reuse < 1):
+            raise ValueError(f"map_reuse must be an integer >= 1 or None, got {self.map_reuse!r}")
         try:
             layers = tuple(int(layer) for layer in self.dense_layers)
         except (TypeError, ValueError):
@@ -182,6 +190,14 @@ class SpargeConfig:
         """The selection rule this setting uses (`kernels.selection.resolve_selection`)."""
         return resolve_selection(predictor=self.predictor, topk=self.topk, cdf_threshold=self.cdf_threshold,
                                  target_error=self.target_error)
+
+    @property
+    def map_reuse_calls(self) -> int:
+        """Calls one predicted block map serves: ``map_reuse``, or when None `DEFAULT_MAP_REUSE` for the error budget
+        and 1 (predict in every call) for the other rules."""
+        if self.map_reuse is not None:
+            return self.map_reuse
+        return DEFAULT_MAP_REUSE if self.selection.rule == "budget" else 1
 
     @property
     def is_dense(self) -> bool:

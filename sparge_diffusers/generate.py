@@ -74,9 +74,9 @@ def add_parser(subparsers) -> None:
     add_block_argument(group)
     group.add_argument("--reorder", choices=REORDERS, default=SpargeConfig.reorder)
     group.add_argument("--dense-steps", type=int, default=0, metavar="N", help="first N steps stay dense")
-    group.add_argument("--map-reuse", type=int, default=SpargeConfig.map_reuse, metavar="N",
-                       help=f"one predicted block map serves up to N calls of a layer (default: "
-                            f"{SpargeConfig.map_reuse}; 1 predicts in every call)")
+    group.add_argument("--map-reuse", type=int, default=None, metavar="N",
+                       help="one predicted block map serves up to N calls of a layer (default: 2 with the error "
+                            "budget, 1 with --topk / --cdf-threshold; 1 predicts in every call)")
     group.add_argument("--dense", action="store_true", help="render with the stock dense attention only")
     group.add_argument("--compare-dense", action="store_true",
                        help="also render dense (saved as *-dense.* with its own sidecar) and report speed-up, PSNR "

@@ -50,9 +50,9 @@ def add_parser(subparsers) -> None:
     grid.add_argument("--predictor", nargs="+", choices=[p for p in PREDICTORS if p != "full"],
                       default=[SpargeConfig.predictor],
                       help=f"block predictors (default: {SpargeConfig.predictor}; 'mixed' adds sampled exact rows)")
-    grid.add_argument("--map-reuse", type=int, nargs="+", default=[SpargeConfig.map_reuse], metavar="N",
-                      help=f"calls one predicted block map serves (default: {SpargeConfig.map_reuse}; 1 predicts in "
-                           f"every call)")
+    grid.add_argument("--map-reuse", type=int, nargs="+", default=[None], metavar="N",
+                      help="calls one predicted block map serves (default: 2 for the ε configs, 1 for top-k / τ; 1 "
+                           "predicts in every call)")
     add_block_argument(grid)
     add_model_arguments(parser)
     add_metric_arguments(parser)

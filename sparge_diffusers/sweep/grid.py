@@ -30,8 +30,8 @@ def config_label(config: SpargeConfig) -> str:
     label = f"{selection} sim={sim} pv={pv} dense_steps={config.dense_steps} {config.reorder} {config.precision}"
     if config.predictor != UNNAMED_PREDICTOR:
         label += f" {config.predictor}"
-    if config.map_reuse != 1:  # maps were predicted in every call before map_reuse existed: those labels stay
-        label += f" map_reuse={config.map_reuse}"
+    if config.map_reuse_calls != 1:  # maps were predicted in every call before map_reuse existed: those labels stay
+        label += f" map_reuse={config.map_reuse_calls}"
     return label if config.block_n == SpargeConfig.block_n else f"{label} kblock={config.block_n}"
 
 
@@ -42,7 +42,7 @@ def expand_grid(topk: Sequence[float] = (), cdf_threshold: Sequence[float] = (),
                 block_n: int = SpargeConfig.block_n, *, target_error: Sequence[float] = (),
                 calibration: Sequence[Optional[str]] = (None,),
                 predictor: Sequence[str] = (SpargeConfig.predictor,),
-                map_reuse: Sequence[int] = (SpargeConfig.map_reuse,)) -> List[SpargeConfig]:
+                map_reuse: Sequence[Optional[int]] = (None,)) -> List[SpargeConfig]:
     """Every `SpargeConfig` of the grid (top-k values first, then τ, then ε values), duplicates removed; ``block_n``
     is the key block size of every config (not a grid axis); ``calibration`` (None = uncalibrated, or calibration
     files) is an axis of the ε configs only; ``predictor`` and ``map_reuse`` are axes of every config.

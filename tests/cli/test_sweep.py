@@ -29,7 +29,7 @@ def test_sweep_end_to_end_and_resume(cli, fast, tmp_path, tiny_clip_dir, tiny_vq
     assert "6 render(s), 0 already done" in stdout
     rows = _rows(out)
     assert len(rows) == 6
-    labels = [DENSE_LABEL] + [f"topk={k} sim=off pv=off dense_steps=0 hilbert int8-fp8 mixed map_reuse=2 kblock=64"
+    labels = [DENSE_LABEL] + [f"topk={k} sim=off pv=off dense_steps=0 hilbert int8-fp8 mixed kblock=64"
                               for k in ("0.25", "0.5")]
     assert sorted({r["config"] for r in rows}) == sorted(labels)
     sparse = [r for r in rows if r["mode"] == "sparse"]
@@ -117,11 +117,14 @@ def test_grid_and_ranks():
     assert configs[0] == SpargeConfig(topk=0.5, sim_threshold=None)
     tau = [c for c in configs if c.topk is None]
     assert tau and all(c.cdf_threshold == 0.9 for c in tau)
-    assert config_label(configs[0]) == "topk=0.5 sim=off pv=off dense_steps=0 hilbert int8-fp8 mixed map_reuse=2"
-    # map_reuse 1 (every call predicts, as before map_reuse existed) is not in the label; it is an axis of the grid
-    reuse = expand_grid([0.5], [], [None], map_reuse=[1, 4])
-    assert [c.map_reuse for c in reuse] == [1, 4]
-    assert [config_label(c).split("mixed")[1] for c in reuse] == ["", " map_reuse=4"]
+    assert config_label(configs[0]) == "topk=0.5 sim=off pv=off dense_steps=0 hilbert int8-fp8 mixed"
+    # map_reuse 1 (every call predicts, as before map_reuse existed) is not in the label; it is an axis of the grid,
+    # and by default 2 for ε and 1 for top-k
+    reuse = expand_grid([0.5], [], [None], target_error=[0.05], map_reuse=[None, 1, 4])
+    assert [(c.selection.rule, c.map_reuse_calls) for c in reuse] == [("topk", 1), ("topk", 4), ("budget", 2),
+                                                                      ("budget", 1), ("budget", 4)]
+    assert [config_label(c).split("mixed")[1] for c in reuse] == ["", " map_reuse=4", " map_reuse=2", "",
+                                                                  " map_reuse=4"]
     with pytest.raises(UsageError):
         expand_grid([], [])
     budgets = expand_grid([], [], [None], target_error=[0.05, 0.02], calibration=[None, "cal.json"])

@@ -21,21 +21,52 @@ def _agreeing_guard(key, drop, interval=8):
     return guard
 
 
+def _masks(seed=0, shape=(1, 2, 3, 139)):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.rand(shape, generator=gen) < 0.4 for _ in range(2)]
+
+
 def test_guard_serves_a_map_up_to_its_limit():
     key = (1, 2, 300, 300)
     guard = BudgetGuard()
-    assert guard.reuse_map(key, 3) is None  # nothing stored yet
-    guard.store_map(key, ("reference", "map-a"))
-    assert guard.reuse_map(key, 1) is None  # 1: never reused
-    assert guard.reuse_map(key, 3) == ("reference", "map-a")  # the 2nd call of this map
-    assert guard.reuse_map(key, 3) == ("reference", "map-a")  # the 3rd
-    assert guard.reuse_map(key, 3) is None  # served 3 calls: predict again
-    guard.store_map(key, ("reference", "map-b"))
-    assert guard.reuse_map(key, 3) == ("reference", "map-b")
-    assert guard.reuse_map((1, 2, 290, 290), 3) is None  # another call shape has its own
+    a, b = _masks()
+    assert guard.reuse_map(key, 3, "reference") is None  # nothing stored yet
+    guard.store_map(key, "reference", a)
+    assert guard.reuse_map(key, 1, "reference") is None  # 1: never reused
+    assert guard.reuse_map(key, 3, "triton") is None  # a map of another backend is not handed out
+    assert torch.equal(guard.reuse_map(key, 3, "reference"), a)  # the 2nd call of this map
+    assert torch.equal(guard.reuse_map(key, 3, "reference"), a)  # the 3rd
+    assert guard.reuse_map(key, 3, "reference") is None  # served 3 calls: predict again
+    guard.store_map(key, "reference", b)
+    assert torch.equal(guard.reuse_map(key, 3, "reference"), b)
+    assert guard.reuse_map((1, 2, 290, 290), 3, "reference") is None  # another call shape has its own
     assert guard.maps_reused == 3
     guard.reset()
-    assert guard.reuse_map(key, 3) is None and guard.maps_reused == 0
+    assert guard.reuse_map(key, 3, "reference") is None and guard.maps_reused == 0
+
+
+def test_guard_keeps_a_kernel_map_as_bits_and_gives_it_back():
+    from sparge_diffusers.kernels.lut import lut_from_mask
+
+    mask, _ = _masks(shape=(2, 3, 5, 139))
+    lut, counts = lut_from_mask(mask)
+    lut[torch.arange(139) >= counts.unsqueeze(-1)] = 10 ** 6  # entries past counts may hold anything
+    guard = BudgetGuard()
+    guard.store_map((2, 3, 600, 600), "triton", (lut, counts))
+    bits = guard._slots[(2, 3, 600, 600)].block_map[1]
+    assert bits.dtype == torch.uint8 and bits.shape == (2, 3, 5, 18)  # 1/32 of the int32 list
+    got_lut, got_counts = guard.reuse_map((2, 3, 600, 600), 2, "triton")
+    assert torch.equal(got_counts, counts)
+    listed = torch.arange(139) < counts.unsqueeze(-1)
+    assert torch.equal(torch.where(listed, got_lut, 0), torch.where(listed, lut, 0))  # kept blocks, ascending
+
+
+def test_the_default_reuses_maps_with_the_budget_only():
+    assert SpargeConfig().map_reuse_calls == 2
+    assert SpargeConfig(topk=0.5).map_reuse_calls == 1
+    assert SpargeConfig(cdf_threshold=0.9).map_reuse_calls == 1
+    assert SpargeConfig(topk=0.5, map_reuse=3).map_reuse_calls == 3
+    assert SpargeConfig(map_reuse=1).map_reuse_calls == 1
 
 
 def _inputs(seed=4, heads=(0, 5)):
@@ -80,7 +111,7 @@ def test_a_measuring_call_predicts_its_own_map():
 
 
 def test_map_reuse_is_validated():
-    for bad in (0, -1, 1.5, True, "2"):
+    for bad in (0, -1, 1.5, True, "2"):  # None is the default (2 with the budget, 1 otherwise)
         with pytest.raises(ValueError, match="map_reuse"):
             SpargeConfig(map_reuse=bad)
 
@@ -128,7 +159,25 @@ def test_a_new_pipeline_call_forgets_the_maps():
     context = SpargeContext(SpargeConfig(topk=0.5, map_reuse=4))
     layer = LayerCall(context, 0, "attn")
     key = (1, 2, 300, 300)
-    layer.guard.store_map(key, ("reference", "map"))
-    assert layer.guard.reuse_map(key, 4) is not None
+    layer.guard.store_map(key, "reference", _masks()[0])
+    assert layer.guard.reuse_map(key, 4, "reference") is not None
     context.begin_call()
-    assert layer.guard.reuse_map(key, 4) is None
+    assert layer.guard.reuse_map(key, 4, "reference") is None
+
+
+@pytest.mark.parametrize("num_k", [1, 7, 8, 9, 64, 350])
+def test_bit_packed_lists_round_trip(num_k):
+    from sparge_diffusers.kernels.lut import lut_from_bits, lut_from_mask, mask_from_bits, pack_lut
+
+    gen = torch.Generator().manual_seed(num_k)
+    mask = torch.rand(2, 3, 4, num_k, generator=gen) < 0.3
+    mask[0, 0, 0] = False  # a row with nothing kept
+    mask[0, 0, 1] = True  # and one with everything
+    lut, counts = lut_from_mask(mask)
+    bits = pack_lut(lut, counts)
+    assert bits.shape == (2, 3, 4, (num_k + 7) // 8)
+    assert torch.equal(mask_from_bits(bits, num_k), mask)
+    got, got_counts = lut_from_bits(bits, num_k)
+    assert got.dtype == torch.int32 and got.is_contiguous() and torch.equal(got_counts, counts)
+    listed = torch.arange(num_k) < counts.unsqueeze(-1)
+    assert torch.equal(torch.where(listed, got, 0), lut)

@@ -336,6 +336,7 @@ def test_reused_block_map_is_attended_eager_and_compiled(compiled):
     from its own inputs, eager and under torch.compile (inside the guarded op), and its output is the launch's with
     that map."""
     from sparge_diffusers.budget_guard import BudgetGuard, call_key
+    from sparge_diffusers.kernels.lut import lut_from_bits
 
     q, k, v, _, _ = _guard_case("clip", "cogvideox", heads=range(4), seed=4)
     q2, k2, v2, _, _ = _guard_case("clip", "cogvideox", heads=range(4), seed=9)
@@ -348,8 +349,7 @@ def test_reused_block_map_is_attended_eager_and_compiled(compiled):
         step(q, k, v)
         step(q, k, v)  # measured twice: they agree, the interval doubles
         slot = guard._slots[call_key(q, k)]
-        lut, counts = slot.block_map[1]
-        lut, counts = lut.clone(), counts.clone()
+        lut, counts = lut_from_bits(*slot.block_map[1:])
         out = step(q2, k2, v2)
     finally:
         torch._dynamo.reset()
