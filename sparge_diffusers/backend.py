@@ -156,7 +156,7 @@ def _make_standalone_layer() -> LayerCall:
     if layer is None:
         from .config import SpargeConfig
 
-        layer = _STANDALONE["layer"] = LayerCall(SpargeContext(SpargeConfig()), -1, None)
+        layer = _STANDALONE["layer"] = LayerCall(SpargeContext(SpargeConfig()), -1, None, shared=True)
     return layer
 
 

@@ -195,6 +195,9 @@ class LayerCall:
     name: Optional[str]
     sparse: bool = True
     text_hint: Optional[tuple] = None  # standalone processors only: (start, end) of the text when no hook ran
+    # one LayerCall for the calls of many layers (the attention backend outside apply_sparge): state across calls
+    # (the guard's drop masses and block maps) would pass from one layer to another, so it keeps none
+    shared: bool = False
     guard: BudgetGuard = field(default_factory=BudgetGuard, compare=False)  # the error budget across calls
     map_reused: bool = field(default=False, compare=False)  # the last call attended a map of an earlier call
     key: str = field(default="", compare=False)

@@ -92,7 +92,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer: LayerCal
     maps_before = layer.guard.maps_reused if eager else 0
     result = sparge_attn(q, k, v, config=context.config, layout=layout, keep_ranges=keep_ranges, scale=scale,
                          return_stats=want_stats, layer=layer.index,
-                         guard=None if recorder is not None else layer.guard, finite_check=context.finite)
+                         guard=None if recorder is not None or layer.shared else layer.guard,
+                         finite_check=context.finite)
     if eager:
         layer.map_reused = layer.guard.maps_reused != maps_before
     out, stats = result if want_stats else (result, None)

@@ -253,3 +253,23 @@ def test_remove_restores_a_user_backend():
             AttentionBackendName("_native_math")}
     finally:
         _AttentionBackendRegistry.set_active_backend(active)
+
+
+def test_backend_outside_apply_sparge_keeps_no_state_across_calls():
+    """Outside apply_sparge one LayerCall serves the calls of every layer: its guard must not hand one layer's drop
+    masses or block map to the next (the error budget measures, and the map is predicted, in every call)."""
+    from sparge_diffusers import attention_families as F
+    from sparge_diffusers import sparge_attn
+    from sparge_diffusers.backend import _standalone_layer, sparge_dispatch_attention
+
+    layer = _standalone_layer()
+    assert layer.shared
+    geo = F.scaled_geometry("cogvideox", 0.3)
+    calls = [F.family_qkv("clip", geo, heads=[0, 5], seed=seed) for seed in (4, 9)]
+    # diffusers hands the backend [B, S, H, D]
+    outs = [sparge_dispatch_attention(*(x.transpose(1, 2) for x in qkv)) for qkv in calls * 2]
+    assert layer.guard.measured == 0 and layer.guard.maps_reused == 0
+    config = SpargeConfig()  # what the standalone layer runs
+    for out, qkv in zip(outs, calls * 2):
+        expected = sparge_attn(*qkv, config=config)
+        torch.testing.assert_close(out.transpose(1, 2), expected, rtol=0, atol=0)
