@@ -114,8 +114,10 @@ def sparge_attn(
                      "more than it saves below the measured length on this GPU; using dense attention (pass a "
                      "BudgetGuard, use apply_sparge, or give a calibration)", level=logging.INFO)
             backend = "dense"
+    # the Triton path attends a given map in eager inference only (a call that needs gradients goes through the op)
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     reuse_maps = (guard is not None and config.map_reuse_calls > 1 and backend != "dense" and not selection.keeps_all
-                  and not torch.compiler.is_compiling())
+                  and not torch.compiler.is_compiling() and not (backend == "triton" and needs_grad))
     if reuse_maps and (selection.rule != "budget" or drop is not None):  # a call measuring its budget predicts
         stored = guard.reuse_map(call_key(q, k), config.map_reuse_calls, backend)
     if backend != "dense" and config.check_finite and not skip_check():

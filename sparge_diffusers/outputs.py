@@ -109,7 +109,8 @@ def render_sidecar(prompt: str, model, settings, config, result, *, device: str,
         "timings": {"load_s": model.load_seconds, "render_s": result.seconds, "step_s": result.step_seconds,
                     "attention_ms": result.attention_ms},
         "sparsity": None if config is None else {"mean": result.sparsity, "by_step": result.sparsity_by_step,
-                                                 "backends": result.backends, "policies": result.policies},
+                                                 "backends": result.backends, "policies": result.policies,
+                                                 "map_reuse_share": result.map_reuse_share},
     }
 
 

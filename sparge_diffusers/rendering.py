@@ -10,6 +10,7 @@ the measured sparsity of `sparge_diffusers.get_sparge_stats`.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
@@ -100,6 +101,7 @@ class Render:
     attention_ms: Optional[float] = None
     backends: Dict[str, int] = field(default_factory=dict)
     policies: Dict[str, int] = field(default_factory=dict)
+    map_reuse_share: Optional[float] = None  # sparse calls that attended an earlier call's block map
 
     @property
     def mode(self) -> str:
@@ -112,7 +114,8 @@ class Render:
                "width": int(self.frames.shape[2])}
         if self.config is not None:
             out.update({"sparsity": self.sparsity, "sparsity_by_step": self.sparsity_by_step,
-                        "attention_ms": self.attention_ms, "backends": self.backends, "policies": self.policies})
+                        "attention_ms": self.attention_ms, "backends": self.backends, "policies": self.policies,
+                        "map_reuse_share": self.map_reuse_share})
         return out
 
 
@@ -197,6 +200,8 @@ def render(model: LoadedModel, prompt: str, settings: RenderSettings, config: Op
             result.sparsity = stats.mean_sparsity if rows else None
             result.sparsity_by_step = stats.by_step()
             result.attention_ms = stats.total_attention_ms
+            share = stats.map_reuse_share if rows else float("nan")
+            result.map_reuse_share = None if math.isnan(share) else share  # NaN: no sparse call (not JSON)
             for row in rows:
                 result.backends[row["backend"]] = result.backends.get(row["backend"], 0) + 1
                 result.policies[row["policy"]] = result.policies.get(row["policy"], 0) + 1

@@ -27,6 +27,8 @@ def test_generate_default_model_writes_video_and_sidecar(cli, fast, tmp_path, li
     assert sidecar["timings"]["render_s"] > 0 and len(sidecar["timings"]["step_s"]) == 1
     assert 0.0 < sidecar["sparsity"]["mean"] < 1.0
     assert set(sidecar["sparsity"]["by_step"]) == {"0"}
+    # map reuse: the default (None: 2 with the budget); one forward, whose calls each measure their budget
+    assert sidecar["sparge"]["map_reuse"] is None and sidecar["sparsity"]["map_reuse_share"] == 0.0
     frames = read_media(tmp_path / "a-red-ball-rolling-seed0.mp4")
     assert frames.shape == (9, 64, 64, 3) and sidecar["media"]["frames"] == 9  # --frames 9: 9 frames
     assert "sparsity" in out
@@ -136,6 +138,7 @@ def test_messages_name_the_problem(cli, tmp_path):
     assert "StableDiffusionPipeline is not supported" in cli("generate", "x", "--model", unsupported)[2]
     assert "--frames must be >= 1" in cli("generate", "x", "--frames", "0")[2]
     assert "--steps must be >= 1" in cli("generate", "x", "--steps", "-1")[2]
+    assert "map_reuse must be an integer >= 1" in cli("generate", "x", "--map-reuse", "0")[2]
 
 
 def test_frame_counts_the_vae_cannot_render_are_refused(cli, tmp_path):
@@ -180,3 +183,16 @@ def test_helpers():
     assert slugify("A Red Ball, rolling!") == "a-red-ball-rolling"
     assert slugify("???") == "prompt"
     assert EMBEDDED_MODELS["tiny"] == "cogvideox"
+
+
+def test_map_reuse_in_a_denoising_loop(cli, tmp_path):
+    # the default reuses each layer's map for the next call while its drop masses are reused; --map-reuse 1 never
+    shares = {}
+    for reuse in ("default", "1"):
+        extra = [] if reuse == "default" else ["--map-reuse", reuse]
+        out = tmp_path / f"{reuse}.mp4"
+        code, _, err = cli("generate", "a red ball rolling", "-o", out, "--steps", "6", "--height", "64", "--width",
+                           "64", "--frames", "9", "--no-warmup", "--no-progress", *extra)
+        assert code == 0, err
+        shares[reuse] = json.loads(out.with_name(out.name + ".json").read_text())["sparsity"]["map_reuse_share"]
+    assert 0.0 < shares["default"] <= 0.5 and shares["1"] == 0.0
