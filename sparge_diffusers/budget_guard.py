@@ -125,10 +125,11 @@ class BudgetGuard:
         self._last = key
         self.measured += 1
 
-    def forget_maps(self) -> None:
-        """Drop every stored block map (a new generation starts: the last step's map is not the first step's)."""
-        for slot in self._slots.values():
-            slot.block_map, slot.map_calls = None, 0
+    def forget(self) -> None:
+        """Drop every call shape's drop masses, interval and block map, keeping the statistics: a new generation
+        starts from noise, and the last step's attention says little about its first steps."""
+        self._slots = {}
+        self._last = None
 
     def _new_slot(self, key) -> _Slot:
         if len(self._slots) >= MAX_SLOTS:

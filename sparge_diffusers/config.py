@@ -114,10 +114,11 @@ class SpargeConfig:
         map_reuse: the most calls of one layer and call shape that one predicted block map serves (1: predict in
             every call); None (the default) is `DEFAULT_MAP_REUSE` (2) with the error budget and 1 with top-k or τ
             (`map_reuse_calls`). Needs a `BudgetGuard` (the diffusers integration keeps one per layer, and forgets
-            the maps at every new pipeline call it sees). Calls that reuse a map skip the prediction and only
-            quantize and attend. With the error budget a map is reused only while the drop masses are (a
-            re-measurement that finds drift predicts in every call again), also under ``torch.compile``; with top-k
-            or τ it is reused for a fixed number of calls, in eager mode only (`sparge_diffusers.budget_guard`).
+            its maps and drop masses at every new pipeline call: `sparge_diffusers.call_hook`). Calls that reuse a
+            map skip the prediction and only quantize and attend. With the error budget a map is reused only while
+            the drop masses are (a re-measurement that finds drift predicts in every call again), also under
+            ``torch.compile``; with top-k or τ it is reused for a fixed number of calls, in eager mode only
+            (`sparge_diffusers.budget_guard`).
             Measured (H200, session 11, benchmarks/results/map_reuse.md): with ε = 0.05 and 2, the mixed prediction
             drops from 5.9% to 3.0% of a dense cuDNN call at CogVideoX-2b length (4.6% to 2.4% at Mochi's), steps
             run 1.7-5% faster, and the trained embedded model's renders stay as close to dense (PSNR 30.0 against

@@ -33,9 +33,10 @@ class SpargeContext:
     Step index: the geometry hook reads the first timestep of each forward. A timestep equal to the previous one is the
     same step (a second forward for true CFG), one that moves in the denoising direction (down, as diffusers 0.42
     pipelines call their transformers) is the next step, and one that moves back up starts a new generation at
-    step 0. The wrapped pipelines also restart the counter at the start of every call (`begin_call`). A fixed
-    ``SpargeGeometry.step`` overrides all of this. Without ``dense_steps`` and statistics the step is not needed and
-    not counted (reading the timestep would synchronize a GPU once per forward).
+    step 0. `apply_sparge` on a pipeline (through its scheduler, `sparge_diffusers.call_hook`) and the wrapped
+    pipelines also restart the counter at the start of every call (`begin_call`); the layers' guards start afresh
+    then. A fixed ``SpargeGeometry.step`` overrides all of this. Without ``dense_steps`` and statistics the step is
+    not needed and not counted (reading the timestep would synchronize a GPU once per forward).
     """
 
     def __init__(self, config: SpargeConfig, *, collect_stats: bool = False, geometry: Optional[SpargeGeometry] = None,
@@ -80,14 +81,15 @@ class SpargeContext:
         return self.collect_stats and not torch.compiler.is_compiling()
 
     def begin_call(self) -> None:
-        """A new pipeline call: the next forward is step 0, and no layer reuses a block map of the last call."""
+        """A new pipeline call: the next forward is step 0, and no layer reuses the drop masses or block map of the
+        last call."""
         self._last_timestep = None
-        self.forget_maps()
+        self.forget_layer_state()
 
-    def forget_maps(self) -> None:
-        """Drop the block maps the layers' guards keep for reuse (``SpargeConfig.map_reuse``)."""
+    def forget_layer_state(self) -> None:
+        """Drop what the layers' guards carry across calls (`BudgetGuard.forget`)."""
         for layer in list(self.layer_calls.values()):
-            layer.guard.forget_maps()
+            layer.guard.forget()
 
     def begin_forward(self, *, grid, num_visual: int, text_len: Optional[int], text_side: str, timestep,
                       batch: Optional[int] = None) -> None:
@@ -126,12 +128,12 @@ class SpargeContext:
         if last is None or value is None:
             if last is not None or cur.forward_index > 0:
                 cur.generation += 1
-                self.forget_maps()
+                self.forget_layer_state()
             cur.step = 0
         elif value > last:
             cur.generation += 1
             cur.step = 0
-            self.forget_maps()
+            self.forget_layer_state()
         elif value < last:
             cur.step += 1
         self._last_timestep = value

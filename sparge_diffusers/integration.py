@@ -16,13 +16,16 @@ What `apply_sparge` installs on the transformer (its `Family` comes from the reg
 - a forward pre-hook on the transformer (``register_forward_pre_hook(with_kwargs=True)``) that reads the geometry of
   each forward: the latent grid after patching, the visual token count (hence the text range of every call), and the
   denoising step (from the timestep, see `SpargeContext`), unless a `SpargeGeometry` overrides them;
+- on a pipeline, a wrapper of its scheduler's ``set_timesteps`` that marks the start of each pipeline call
+  (`sparge_diffusers.call_hook`): the step counter restarts and the per-layer guards start afresh;
 - with ``config.reorder == "hilbert"``: hooks that put the visual tokens into Hilbert order ONCE per forward at the
   transformer boundary (hidden states and rotary embeddings together) and restore row-major order before the final
   projection / unpatchify. Every token-wise op commutes with the permutation, so the output is unchanged up to
   rounding. ``reorder_at="layer"`` is the fallback: q, k, v are permuted in every attention layer.
 
-Only torch module hooks and the ``processor`` (or its ``_attention_backend``) of the attention modules are touched;
-hooks of accelerate and diffusers' hook registry are left alone, and `remove_sparge` restores exactly what it found.
+Only torch module hooks, the ``processor`` (or its ``_attention_backend``) of the attention modules and the
+scheduler's ``set_timesteps`` (on the instance) are touched; hooks of accelerate and diffusers' hook registry are
+left alone, and `remove_sparge` restores exactly what it found.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from .config import SpargeConfig
 from .context import LayerCall, SpargeContext
 from .family import family_for
 from .geometry import ForwardGeometry, SpargeGeometry
+from .call_hook import watch_pipeline_calls
 from .processor import SpargeProcessor
 from .run_stats import SpargeRunStats
 from .speed_rule import prime_capability
@@ -149,6 +153,10 @@ def apply_sparge(pipe_or_transformer, config: Optional[SpargeConfig] = None, *,
         state.handles += family.install_layer_hooks(attn, LayerCall(context, index, name))
         sparse_layers += 1
     state.handles += family.install_hooks(transformer, context)
+    if not isinstance(pipe_or_transformer, torch.nn.Module):  # a pipeline: hear where each of its calls starts
+        watch = watch_pipeline_calls(pipe_or_transformer, context)
+        if watch is not None:
+            state.handles.append(watch)
     setattr(transformer, _STATE_ATTR, state)
     logger.info("apply_sparge: %d of %d %s attention layers use Sparge (%s)", sparse_layers, len(layers),
                 family.name, config)

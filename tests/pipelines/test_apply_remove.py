@@ -82,6 +82,31 @@ def test_apply_on_a_pipeline_and_twice():
     remove_sparge(pipe)  # idempotent
 
 
+def test_each_pipeline_call_starts_with_fresh_layer_state():
+    """apply_sparge on a pipeline wraps its scheduler's set_timesteps (signature kept: diffusers inspects it): each
+    call forgets the drop masses and block maps of the last video, and remove_sparge puts the method back."""
+    import inspect
+
+    from sparge_diffusers.integration import get_sparge_context
+    from sparge_diffusers.pipelines.tiny import tiny_call_size, tiny_pipeline
+
+    pipe, call_kwargs = tiny_pipeline("cogvideox")
+    own = inspect.signature(pipe.scheduler.set_timesteps)
+    apply_sparge(pipe, SpargeConfig(target_error=0.05, sim_threshold=None, precision="bf16", block_n=64))
+    assert inspect.signature(pipe.scheduler.set_timesteps) == own
+    guards = [layer.guard for layer in get_sparge_context(pipe).layer_calls.values()]
+    assert guards
+    pipe(**call_kwargs, num_inference_steps=2, output_type="latent", **tiny_call_size("cogvideox"),
+         generator=torch.Generator().manual_seed(0))
+    assert all(guard._slots for guard in guards) and sum(guard.measured for guard in guards) > 0
+    measured = [guard.measured for guard in guards]
+    pipe.scheduler.set_timesteps(2)  # what the next pipeline call does first
+    assert not any(guard._slots for guard in guards)
+    assert [guard.measured for guard in guards] == measured  # the statistics stay
+    remove_sparge(pipe)
+    assert "set_timesteps" not in pipe.scheduler.__dict__
+
+
 @pytest.mark.parametrize("family", ["cogvideox", "flux"])
 def test_standalone_set_attn_processor(family):
     """``transformer.set_attn_processor(SpargeProcessor(config))`` works without apply_sparge (no reorder, no
