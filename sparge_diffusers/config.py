@@ -121,8 +121,8 @@ class SpargeConfig:
             (`sparge_diffusers.budget_guard`).
             Measured (H200, session 11, benchmarks/results/map_reuse.md): with ε = 0.05 and 2, the mixed prediction
             drops from 5.9% to 3.0% of a dense cuDNN call at CogVideoX-2b length (4.6% to 2.4% at Mochi's), steps
-            run 1.7-5% faster, and the trained embedded model's renders stay as close to dense (PSNR 30.0 against
-            29.8 dB); with top-k (lse, 1.5-2% a call) no step got measurably faster, so it stays off there.
+            run 1.7-5% faster, and the trained embedded model's renders stay as close to dense (PSNR 30.8 against
+            30.6 dB); with top-k (lse, 1.5-2% a call) no step got measurably faster, so it stays off there.
     """
 
     topk: Optional[float] = None
