@@ -181,3 +181,25 @@ def test_bit_packed_lists_round_trip(num_k):
     assert got.dtype == torch.int32 and got.is_contiguous() and torch.equal(got_counts, counts)
     listed = torch.arange(num_k) < counts.unsqueeze(-1)
     assert torch.equal(torch.where(listed, got, 0), lut)
+
+
+def test_triton_path_reuses_through_sparge_attn(gen, monkeypatch):
+    # the CUDA choice on the CPU (the Triton interpreter runs the launch): the guard's bits come back as a kernel list
+    import sparge_diffusers.attention as attention
+
+    monkeypatch.setattr(attention, "_choose_backend", lambda q, k, config, forced=0: "triton")
+    s = 333
+    q, k, v = [torch.randn(1, 2, s, 64, generator=gen).half() for _ in range(3)]
+    q2, k2, v2 = [torch.randn(1, 2, s, 64, generator=gen).half() for _ in range(3)]
+    config = SpargeConfig(topk=0.5, predictor="lse", precision="int8-fp16", block_n=64, keep_token_ranges=[(0, 40)],
+                          check_finite=False, map_reuse=2)
+    guard = BudgetGuard()
+    first = sparge_attn(q, k, v, config=config, guard=guard, return_stats=True)[1]
+    out, second = sparge_attn(q2, k2, v2, config=config, guard=guard, return_stats=True)
+    own = sparge_attn(q2, k2, v2, config=config, return_stats=True)[1]
+    assert guard.maps_reused == 1 and second.backend == "triton"
+    assert torch.equal(second.block_map.mask, first.block_map.mask)
+    assert not torch.equal(own.block_map.mask, first.block_map.mask)
+    expected = ref.naive_block_sparse_attention(q2, k2, v2, first.block_map.mask, block_m=128, block_n=64,
+                                                scale=0.125, precision="int8-fp16")
+    torch.testing.assert_close(out.float(), expected.float(), rtol=0, atol=2e-2)
