@@ -86,7 +86,7 @@ def sparge_attention_triton(
         ``[B, H, NQ]``; ``drop`` fp32 ``[B, H]``: the drop masses used (unspecified values for rules without one:
         allocated, never written, which saves a fill launch per call).
     """
-    if _eager_launch(q, k, v):
+    if eager_launch(q, k, v):
         # eager inference: the launch sequence itself, without the custom op's dispatch round trip (tens of µs a
         # call); torch.compile and autograd see the op
         on_other_gpu = q.is_cuda and q.device.index != torch.cuda.current_device()
@@ -99,8 +99,9 @@ def sparge_attention_triton(
     )
 
 
-def _eager_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """True when the op can be skipped: not traced by torch.compile and no input needs a gradient."""
+def eager_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """True when the op can be skipped: not traced by torch.compile and no input needs a gradient. Only such calls
+    attend a given ``block_map`` (`sparge_attention_triton`)."""
     if torch.compiler.is_compiling():
         return False
     return not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))

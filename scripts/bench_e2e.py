@@ -317,13 +317,14 @@ def run_model(name: str, args, rows: List[Dict], meta: Dict):
     for item in args.settings:
         predictor, value, *reuse = item.split(":")
         map_reuse = int(reuse[0]) if reuse else 1  # the rows before map_reuse existed predicted in every call
+        suffix = f" map_reuse={map_reuse}" if reuse else ""
         if predictor in ("eps", "mixed-eps"):  # the error budget with the lse / mixed predictor
             ranking = "lse" if predictor == "eps" else "mixed"
-            settings.append((f"{ranking} eps={value} hilbert" + (f" map_reuse={map_reuse}" if reuse else ""),
+            settings.append((f"{ranking} eps={value} hilbert{suffix}",
                              SpargeConfig(target_error=float(value), predictor=ranking, sim_threshold=None,
                                           reorder="hilbert", check_finite=False, map_reuse=map_reuse)))
             continue
-        settings.append((f"{predictor} topk={value} hilbert" + (f" map_reuse={map_reuse}" if reuse else ""),
+        settings.append((f"{predictor} topk={value} hilbert{suffix}",
                          SpargeConfig(topk=float(value), predictor=predictor, sim_threshold=None, reorder="hilbert",
                                       check_finite=False, map_reuse=map_reuse)))
 

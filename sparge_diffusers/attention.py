@@ -114,10 +114,8 @@ def sparge_attn(
                      "more than it saves below the measured length on this GPU; using dense attention (pass a "
                      "BudgetGuard, use apply_sparge, or give a calibration)", level=logging.INFO)
             backend = "dense"
-    # the Triton path attends a given map in eager inference only (a call that needs gradients goes through the op)
-    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     reuse_maps = (guard is not None and config.map_reuse_calls > 1 and backend != "dense" and not selection.keeps_all
-                  and not torch.compiler.is_compiling() and not (backend == "triton" and needs_grad))
+                  and not torch.compiler.is_compiling() and (backend != "triton" or _triton_takes_a_map(q, k, v)))
     if reuse_maps and (selection.rule != "budget" or drop is not None):  # a call measuring its budget predicts
         stored = guard.reuse_map(call_key(q, k), config.map_reuse_calls, backend)
     if backend != "dense" and config.check_finite and not skip_check():
@@ -175,6 +173,13 @@ def sparge_attn(
     if layout == "BSHD":
         out = out.transpose(1, 2)
     return (out, stats) if return_stats else out
+
+
+def _triton_takes_a_map(q, k, v) -> bool:
+    """The Triton path attends a given block map in eager inference only (`kernels.dispatch.eager_launch`)."""
+    from .kernels.dispatch import eager_launch
+
+    return eager_launch(q, k, v)
 
 
 def _known_drop_mass(config: SpargeConfig, layer: Optional[int], guard: Optional[BudgetGuard], key,

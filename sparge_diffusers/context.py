@@ -59,8 +59,6 @@ class SpargeContext:
         self.layer_ids: Dict[int, int] = {}
         self.seen_text_len: Optional[int] = None
         self.mask_cache: dict = {}
-        # every LayerCall made for this context, by its key
-        self.layer_calls: "weakref.WeakValueDictionary[str, LayerCall]" = weakref.WeakValueDictionary()
         self.calibration_recorder = None  # a `CalibrationRecorder` while `sparge-diffusers calibrate` runs
         self.pair_masks = False  # the family's masks are pair masks m[i, j] = valid[i] & valid[j] (HunyuanVideo 1.5)
         self.finite = FiniteCheck()  # the deferred NaN / inf check of this forward's calls (`end_forward` reads it)
@@ -88,8 +86,12 @@ class SpargeContext:
 
     def forget_layer_state(self) -> None:
         """Drop what the layers' guards carry across calls (`BudgetGuard.forget`)."""
-        for layer in list(self.layer_calls.values()):
+        for layer in self.layers():
             layer.guard.forget()
+
+    def layers(self) -> list:
+        """The live `LayerCall`s made for this context."""
+        return [layer for layer in list(_LAYERS.values()) if layer.context is self]
 
     def begin_forward(self, *, grid, num_visual: int, text_len: Optional[int], text_side: str, timestep,
                       batch: Optional[int] = None) -> None:
@@ -125,17 +127,18 @@ class SpargeContext:
             return  # nobody needs the step: skip reading the timestep (a device-to-host sync on a GPU)
         value = _read_first_value(timestep)
         last = self._last_timestep
+        restarted = False
         if last is None or value is None:
-            if last is not None or cur.forward_index > 0:
-                cur.generation += 1
-                self.forget_layer_state()
+            restarted = last is not None or cur.forward_index > 0
             cur.step = 0
         elif value > last:
-            cur.generation += 1
+            restarted = True
             cur.step = 0
-            self.forget_layer_state()
         elif value < last:
             cur.step += 1
+        if restarted:  # a new generation starts from noise
+            cur.generation += 1
+            self.forget_layer_state()
         self._last_timestep = value
 
     def permutation_for(self, device):
@@ -208,7 +211,6 @@ class LayerCall:
         # a name for opaque ops that need the layer back (compiled masked calls): see `layer_by_key`
         self.key = f"layer{next(_KEYS)}"
         _LAYERS[self.key] = self
-        self.context.layer_calls[self.key] = self
 
 
 _KEYS = itertools.count()

@@ -94,7 +94,7 @@ def test_each_pipeline_call_starts_with_fresh_layer_state():
     own = inspect.signature(pipe.scheduler.set_timesteps)
     apply_sparge(pipe, SpargeConfig(target_error=0.05, sim_threshold=None, precision="bf16", block_n=64))
     assert inspect.signature(pipe.scheduler.set_timesteps) == own
-    guards = [layer.guard for layer in get_sparge_context(pipe).layer_calls.values()]
+    guards = [layer.guard for layer in get_sparge_context(pipe).layers()]
     assert guards
     pipe(**call_kwargs, num_inference_steps=2, output_type="latent", **tiny_call_size("cogvideox"),
          generator=torch.Generator().manual_seed(0))
