@@ -128,6 +128,11 @@ def run_ours(bench: Bench, name: str, shape, q, k, v, oracle, cudnn_ms, sparsiti
                                                        q_scale=q_scale, k_scale=k_scale, v_scale=v_scale,
                                                        v_transposed=True, **common)
 
+    def kernel_fp8_triton(lut, counts):
+        return block_sparse_attn.block_sparse_attn_fwd(q8, k8, v8, lut, counts, out_buf, pv_mode=block_sparse_attn.PV_FP8,
+                                                       q_scale=q_scale, k_scale=k_scale, v_scale=v_scale,
+                                                       v_transposed=True, hopper=False, **common)
+
     def kernel_fp16(lut, counts):
         return block_sparse_attn.block_sparse_attn_fwd(q8, k8, v16, lut, counts, out_buf,
                                                        pv_mode=block_sparse_attn.PV_FP16, q_scale=q_scale,
@@ -147,14 +152,17 @@ def run_ours(bench: Bench, name: str, shape, q, k, v, oracle, cudnn_ms, sparsiti
         lut, counts = block_map.to_lut()
         measured = block_map.sparsity()
         oracle_here = oracle if sparsity == 0 else None
-        for precision, kernel in (("int8-fp8", kernel_fp8), ("int8-fp16", kernel_fp16), ("bf16", kernel_bf16)):
-            if precision != "int8-fp8" and sparsity not in (0.0, 0.5):
+        kernels = (("int8-fp8", "sparge kernel only", kernel_fp8),
+                   ("int8-fp8", "sparge kernel only (Triton, hopper=False)", kernel_fp8_triton),
+                   ("int8-fp16", "sparge kernel only", kernel_fp16), ("bf16", "sparge kernel only", kernel_bf16))
+        for precision, impl, kernel in kernels:
+            if (precision != "int8-fp8" or "Triton" in impl) and sparsity not in (0.0, 0.5):
                 continue
             out = kernel(lut, counts).clone()
             ms = timed(lambda: kernel(lut, counts))
-            add(name, shape, "given-mask", "sparge kernel only", ms, precision=precision, sparsity=sparsity,
+            add(name, shape, "given-mask", impl, ms, precision=precision, sparsity=sparsity,
                       measured=measured, cudnn_ms=cudnn_ms, out=out, oracle=oracle_here)
-            if precision == "int8-fp8":
+            if impl == "sparge kernel only" and precision == "int8-fp8":
                 add(name, shape, "given-mask", "sparge quantize+kernel", ms + quant_ms, precision=precision,
                           sparsity=sparsity, measured=measured, cudnn_ms=cudnn_ms, note="sum of two timings")
 

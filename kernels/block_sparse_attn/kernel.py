@@ -5,14 +5,16 @@ work is proportional to the kept blocks, with no branch per skipped block. Score
 dequantization factor per tile (per-block scales, SageAttention arXiv 2410.02367); the online softmax runs in base 2
 (FlashAttention-2, arXiv 2307.08691); P·V runs in FP8 e4m3 with P scaled by 448 and a per-channel V scale
 (SageAttention2, arXiv 2411.10958), in FP16, or in the input dtype. With λ, a tile whose row maxima all lie more than
--λ below the running maxima is skipped (SpargeAttn, arXiv 2502.18137, Sec. 3.4). Ground truth:
-`naive.naive_block_sparse_attention`.
+-λ below the running maxima is skipped (SpargeAttn, arXiv 2502.18137, Sec. 3.4). On Hopper, FP8-mode launches at head dim 128 go to the hand-scheduled
+Gluon kernel of `kernel_sm90` instead (`sm90_route`). Ground truth: `naive.naive_block_sparse_attention`.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import os
 from typing import Optional
 
 import torch
@@ -21,6 +23,15 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 PV_FP8, PV_FP16, PV_NATIVE = 0, 1, 2
+# Head dims the Hopper (Gluon) schedule of `kernel_sm90` takes by default. At head dim 64 it measured 3–8% slower
+# than this kernel on an H200 (softmax-bound there), so head dim 64 stays here (kernels_notes.md).
+SM90_HEAD_DIMS = (128,)
+SM90_ENV = "SPARGE_SM90"  # "0" keeps every call on this kernel
+# INT8 Q·Kᵀ tiles without the edge mask, λ or the magic-number conversion take their row maxima on the int32 dots,
+# then one conversion and one FMA per score before exp2
+INT_ROWMAX_DEFAULT = True
+
+logger = logging.getLogger(__name__)
 
 
 @triton.jit
@@ -34,7 +45,8 @@ def _tile_scale(q_scale, K_SCALE_ROW, kb, QK_INT8: tl.constexpr):
 @triton.jit
 def _attend_tile(q, cols, k_base, v_base, row_valid, tile_scale, m_i, l_i, acc, SK, stride_ks, stride_vs,
                  pv_threshold, QK_INT8: tl.constexpr, PV_MODE: tl.constexpr, MASK_KV: tl.constexpr,
-                 EDGE: tl.constexpr, USE_PV_THRESHOLD: tl.constexpr, INT_MAGIC: tl.constexpr):
+                 EDGE: tl.constexpr, USE_PV_THRESHOLD: tl.constexpr, INT_MAGIC: tl.constexpr,
+                 INT_ROWMAX: tl.constexpr):
     # Key columns ``cols`` [TILE_N]: scores, the λ test, the online softmax and P·V.
     kv_mask = cols < SK
     k_ptrs = k_base + cols[None, :] * stride_ks
@@ -43,6 +55,28 @@ def _attend_tile(q, cols, k_base, v_base, row_valid, tile_scale, m_i, l_i, acc, 
         k = tl.load(k_ptrs, mask=kv_mask[None, :], other=0.0)
     else:
         k = tl.load(k_ptrs)
+    if QK_INT8 and INT_ROWMAX and not (INT_MAGIC or EDGE or USE_PV_THRESHOLD):
+        # the row maxima on the int32 dots (tile_scale > 0), then one conversion and one FMA per score
+        dots = tl.dot(q, k)
+        m_new = tl.maximum(m_i, tl.max(dots, 1).to(tl.float32) * tile_scale)
+        if PV_MODE == 0:
+            shift = 8.807354922057604 - m_new
+        else:
+            shift = -m_new
+        p = tl.math.exp2(tl.fma(dots.to(tl.float32), tile_scale, shift[:, None]))
+        m_i, l_i, acc = _accumulate_pv(p, m_new, v_ptrs, kv_mask, m_i, l_i, acc, PV_MODE, EDGE and MASK_KV)
+    else:
+        m_i, l_i, acc = _attend_float_tile(q, k, v_ptrs, kv_mask, row_valid, tile_scale, m_i, l_i, acc,
+                                           pv_threshold, QK_INT8, PV_MODE, MASK_KV, EDGE, USE_PV_THRESHOLD,
+                                           INT_MAGIC)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _attend_float_tile(q, k, v_ptrs, kv_mask, row_valid, tile_scale, m_i, l_i, acc, pv_threshold,
+                       QK_INT8: tl.constexpr, PV_MODE: tl.constexpr, MASK_KV: tl.constexpr, EDGE: tl.constexpr,
+                       USE_PV_THRESHOLD: tl.constexpr, INT_MAGIC: tl.constexpr):
+    # Scores as fp32 first: the column mask of the edge tile, the λ test and the other modes.
     if QK_INT8 and INT_MAGIC:
         # int32 -> fp32 without the quarter-rate I2F: 1.5 * 2**23 + score is exact in fp32 for |score| < 2**22
         # (INT8 dots of D <= 128). The scale is cut to 22 mantissa bits so that 1.5 * 2**23 * scale is exact too.
@@ -74,6 +108,12 @@ def _softmax_pv(s, v_ptrs, kv_mask, m_i, l_i, acc, PV_MODE: tl.constexpr, MASK_K
         p = tl.math.exp2(s - (m_new - 8.807354922057604)[:, None])
     else:
         p = tl.math.exp2(s - m_new[:, None])
+    return _accumulate_pv(p, m_new, v_ptrs, kv_mask, m_i, l_i, acc, PV_MODE, MASK_KV)
+
+
+@triton.jit
+def _accumulate_pv(p, m_new, v_ptrs, kv_mask, m_i, l_i, acc, PV_MODE: tl.constexpr, MASK_KV: tl.constexpr):
+    # The online-softmax update with this tile's probabilities p (row maxima m_new) and its P·V.
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
@@ -98,7 +138,7 @@ def _block_sparse_attn_fwd_kernel(
     H, SQ, SK, NQ, NK, qk_scale, pv_threshold,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_N: tl.constexpr, D: tl.constexpr,
     QK_INT8: tl.constexpr, PV_MODE: tl.constexpr, MASK_KV: tl.constexpr, USE_PV_THRESHOLD: tl.constexpr,
-    PEEL_EDGE: tl.constexpr, INT_MAGIC: tl.constexpr,
+    PEEL_EDGE: tl.constexpr, INT_MAGIC: tl.constexpr, INT_ROWMAX: tl.constexpr,
 ):
     # q: [B, H, SQ, D]; k, v: [B, H, SK, D] as (s, d) element strides (V may be stored [B, H, D, S_pad]);
     # q_scale: [B, H, NQ]; k_scale: [B, H, NK] (INT8 scales, softmax scale · log2 e folded into q_scale);
@@ -144,7 +184,7 @@ def _block_sparse_attn_fwd_kernel(
         cols = kb * BLOCK_N + (it % SUBS) * TILE_N + offs_n
         m_i, l_i, acc = _attend_tile(q, cols, k_base, v_base, row_valid, _tile_scale(q_scale, k_scale_row, kb, QK_INT8),
                                      m_i, l_i, acc, SK, stride_ks, stride_vs, pv_threshold, QK_INT8, PV_MODE, MASK_KV,
-                                     not PEEL_EDGE, USE_PV_THRESHOLD, INT_MAGIC)
+                                     not PEEL_EDGE, USE_PV_THRESHOLD, INT_MAGIC, INT_ROWMAX)
     if PEEL_EDGE:
         if n_main < count:
             tile_scale = _tile_scale(q_scale, k_scale_row, NK - 1, QK_INT8)
@@ -153,7 +193,7 @@ def _block_sparse_attn_fwd_kernel(
                 if first < SK:  # a tile wholly past the end has no valid column
                     m_i, l_i, acc = _attend_tile(q, first + offs_n, k_base, v_base, row_valid, tile_scale, m_i, l_i,
                                                  acc, SK, stride_ks, stride_vs, pv_threshold, QK_INT8, PV_MODE,
-                                                 MASK_KV, True, USE_PV_THRESHOLD, INT_MAGIC)
+                                                 MASK_KV, True, USE_PV_THRESHOLD, INT_MAGIC, INT_ROWMAX)
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
     if PV_MODE == 0:
@@ -187,6 +227,8 @@ def block_sparse_attn_fwd(
     tile_n: Optional[int] = None,
     int_magic: Optional[bool] = None,
     max_registers: Optional[int] = None,
+    int_rowmax: Optional[bool] = None,
+    hopper: Optional[bool] = None,
 ) -> torch.Tensor:
     """Launch the block-sparse kernel; writes and returns ``out [B, H, Sq, D]``.
 
@@ -206,7 +248,22 @@ def block_sparse_attn_fwd(
             instead of I2F in the INT8/FP16 mode only (2–6% faster there, slower with FP8 P·V); a 168-register cap
             (three CTAs per SM) for the FP8 mode at head dim 64 on Hopper only (2–4% faster there, slower
             elsewhere).
+        int_rowmax: row maxima of INT8 score tiles taken on the int32 dots (None: `INT_ROWMAX_DEFAULT`).
+        hopper: the warp-specialized Gluon schedule of `kernel_sm90` (FP8 mode, 128 × 128 blocks, no λ, no launch
+            setting given). None takes it where `sm90_route` says so (Hopper, head dim in `SM90_HEAD_DIMS`, Triton
+            with Gluon, ``SPARGE_SM90`` not "0"); False never; True requires it.
     """
+    overrides = any(x is not None for x in (num_warps, num_stages, peel_edge, tile_n, int_magic, max_registers,
+                                            int_rowmax))
+    if hopper is not False:
+        reason = sm90_route(q, k, v, block_m=block_m, block_n=block_n, pv_mode=pv_mode, pv_threshold=pv_threshold,
+                            scales=(q_scale, k_scale, v_scale), v_transposed=v_transposed, overrides=overrides,
+                            head_dims=SM90_HEAD_DIMS if hopper is None else (64, 128))
+        if reason is None:
+            return _sm90_module().sm90_fwd(q, k, v, lut, counts, out, seq_len_q=seq_len_q, seq_len_k=seq_len_k,
+                                           q_scale=q_scale, k_scale=k_scale, v_scale=v_scale)
+        if hopper:
+            raise ValueError(f"hopper=True: the Hopper schedule cannot take this call: {reason}")
     b, h, _, d = q.shape
     nq, nk = lut.shape[2], lut.shape[3]
     qk_int8 = q_scale is not None
@@ -235,10 +292,52 @@ def block_sparse_attn_fwd(
         (pv_threshold if pv_threshold is not None else -math.inf) * LOG2E,
         BLOCK_M=block_m, BLOCK_N=block_n, TILE_N=tile_n, D=d, QK_INT8=qk_int8, PV_MODE=pv_mode,
         MASK_KV=not qk_int8, USE_PV_THRESHOLD=pv_threshold is not None, PEEL_EDGE=peel_edge,
-        INT_MAGIC=int_magic, num_warps=num_warps, num_stages=num_stages,
+        INT_MAGIC=int_magic, INT_ROWMAX=INT_ROWMAX_DEFAULT if int_rowmax is None else int_rowmax,
+        num_warps=num_warps, num_stages=num_stages,
         **({} if max_registers is None else dict(maxnreg=max_registers)),
     )
     return out
+
+
+def sm90_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_m: int, block_n: int, pv_mode: int,
+               pv_threshold: Optional[float], scales, v_transposed: bool, overrides: bool,
+               head_dims=SM90_HEAD_DIMS) -> Optional[str]:
+    """None when a launch goes to the Hopper schedule (`kernel_sm90.sm90_fwd`), else why not. The one place that
+    decides it."""
+    if os.environ.get(SM90_ENV, "1") == "0":
+        return f"{SM90_ENV}=0"
+    if pv_mode != PV_FP8 or any(x is None for x in scales) or not v_transposed:
+        return "only the INT8/FP8 mode has a Hopper schedule"
+    if pv_threshold is not None:
+        return "the Hopper schedule has no λ (pv_threshold)"
+    if overrides:
+        return "a Triton launch setting was given"
+    if q.shape[-1] not in head_dims:
+        return f"head dim {q.shape[-1]} is not in {tuple(head_dims)}"
+    if not _is_hopper(q.device):
+        return "not a Hopper GPU"
+    module = _sm90_module()
+    if module is None:
+        return "this Triton has no usable Gluon (triton.experimental.gluon)"
+    if not module.sm90_supported(q, k, v, block_m, block_n):
+        return "the Hopper schedule needs contiguous INT8 Q, K, FP8 Vᵀ and 128 × 128 blocks"
+    return None
+
+
+_SM90: list = []
+
+
+def _sm90_module():
+    """`kernel_sm90`, or None when this Triton cannot build it (logged once); memoized in a list."""
+    if not _SM90:
+        try:
+            from . import kernel_sm90
+        except Exception as error:  # older Triton without Gluon, or a renamed Gluon API: the Triton kernel runs
+            logger.info("sparge-diffusers: the Hopper attention schedule is unavailable (%s); using the Triton "
+                        "kernel", error)
+            kernel_sm90 = None
+        _SM90.append(kernel_sm90)
+    return _SM90[0]
 
 
 def _default_stages(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_m: int, tile_n: int, d: int,

@@ -1,0 +1,92 @@
+"""CPU checks of the Hopper schedule: which launches `sm90_route` sends there, and that the Gluon kernels compile
+for sm90 (offline, through Triton's own ptxas) without spills and without serialized wgmma."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+kernel = pytest.importorskip("sparge_diffusers.kernels.block_sparse_attn.kernel")
+
+
+def _operands(d=128, dtype=torch.int8):
+    q = torch.zeros(1, 2, 256, d, dtype=dtype)
+    v = torch.zeros(1, 2, d, 256, dtype=torch.float8_e4m3fn)
+    return q, q.clone(), v
+
+
+def _route(q, k, v, **kwargs):
+    args = dict(block_m=128, block_n=128, pv_mode=kernel.PV_FP8, pv_threshold=None,
+                scales=(torch.ones(1), torch.ones(1), torch.ones(1)), v_transposed=True, overrides=False)
+    args.update(kwargs)
+    return kernel.sm90_route(q, k, v, **args)
+
+
+@pytest.mark.parametrize("change, reason", [
+    (dict(pv_mode=kernel.PV_FP16), "only the INT8/FP8 mode"),
+    (dict(scales=(None, None, None)), "only the INT8/FP8 mode"),
+    (dict(v_transposed=False), "only the INT8/FP8 mode"),
+    (dict(pv_threshold=-4.0), "no λ"),
+    (dict(overrides=True), "launch setting"),
+    (dict(head_dims=(64,)), "head dim 128 is not in (64,)"),
+    ({}, "not a Hopper GPU"),  # every other condition holds: CPU tensors
+])
+def test_route_names_why_a_launch_stays_on_the_triton_kernel(change, reason):
+    assert reason in _route(*_operands(), **change)
+
+
+def test_route_default_head_dims_and_the_environment_switch(monkeypatch):
+    assert "head dim 64" in _route(*_operands(d=64))
+    assert kernel.SM90_HEAD_DIMS == (128,)
+    monkeypatch.setenv(kernel.SM90_ENV, "0")
+    assert _route(*_operands()) == f"{kernel.SM90_ENV}=0"
+
+
+def test_route_on_a_hopper_device_checks_operands(monkeypatch):
+    sm90 = pytest.importorskip("sparge_diffusers.kernels.block_sparse_attn.kernel_sm90")
+    monkeypatch.setattr(kernel, "_is_hopper", lambda device: True)
+    q, k, v = _operands()
+    assert _route(q, k, v) is None
+    assert "contiguous" in _route(q.transpose(2, 3).contiguous().transpose(2, 3), k, v)
+    assert "contiguous" in _route(q, k, v, block_n=64)
+    assert sm90.sm90_supported(q, k, v, 128, 128)
+    assert not sm90.sm90_supported(q.float(), k, v, 128, 128)
+
+
+COMPILE_SCRIPT = Path(__file__).with_name("sm90_compile.py")
+
+
+def _ptxas_report(ptx: str, tmp_path) -> str:
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    path = tmp_path / "kernel.ptx"
+    path.write_text(ptx)
+    ptxas = get_ptxas(90).path  # the ptxas that Triton itself runs for sm90
+    done = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(path), "-o", str(tmp_path / "kernel.cubin")],
+                          capture_output=True, text=True, check=True)
+    return done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("schedule", [("ws", 3, 232, 40), (64, 4, 3)], ids=["ws", "64x4"])
+def test_gluon_kernels_compile_for_sm90_without_spills(head_dim, schedule, tmp_path):
+    pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
+    pytest.importorskip("sparge_diffusers.kernels.block_sparse_attn.kernel_sm90")
+    # a fresh process: the suite runs Triton's interpreter (TRITON_INTERPRET=1), which cannot compile
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    ptx_path = tmp_path / "kernel.ptx"
+    subprocess.run([sys.executable, str(COMPILE_SCRIPT), str(head_dim), ",".join(map(str, schedule)), str(ptx_path)],
+                   env=env, check=True, capture_output=True, text=True, timeout=300)
+    ptx = ptx_path.read_text()
+    assert ptx.count("wgmma.mma_async") >= 12  # Q·Kᵀ and P·V as k32 steps, both issued asynchronously
+    assert "cp.async.bulk.tensor" in ptx  # TMA copies
+    if schedule[0] == "ws":
+        assert "setmaxnreg" in ptx
+    report = _ptxas_report(ptx, tmp_path)
+    assert "C7514" not in report, report  # ptxas serialized the wgmma pipeline
+    spills = [int(x) for x in re.findall(r"(\d+) bytes spill stores", report)]
+    assert spills and max(spills) == 0, report
