@@ -40,11 +40,8 @@ def operands(q, k, v):
 
 
 def parse_schedule(text: str):
-    """``cta_m,warps,stages[,cap]`` or ``ws,stages,consumer_regs,producer_regs``, ``,m`` appended for int_magic."""
-    parts = text.split(",")
-    magic = parts[-1] == "m"
-    parts = parts[:-1] if magic else parts
-    return tuple(x if x == "ws" else int(x) for x in parts), magic
+    """``stages,consumer_regs,producer_regs``."""
+    return tuple(int(x) for x in text.split(","))
 
 
 def run_both(ops, lut, counts, s, schedule, int_rowmax=False):
@@ -63,8 +60,7 @@ def run_both(ops, lut, counts, s, schedule, int_rowmax=False):
                                                  **common)
 
     def glu():
-        return kernel_sm90.sm90_fwd(q8, k8, v8, lut, counts, out_g, schedule=schedule[0], int_magic=schedule[1],
-                                    **common)
+        return kernel_sm90.sm90_fwd(q8, k8, v8, lut, counts, out_g, schedule=schedule, **common)
 
     return tri, glu
 
@@ -103,8 +99,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.0, 0.5, 0.9])
-    parser.add_argument("--schedules", nargs="+", default=["ws,3,232,40", "64,4,3", "64,4,3,168"],
-                        help="cta_m,warps,stages or ws,stages,consumer_regs,producer_regs")
+    parser.add_argument("--schedules", nargs="+", default=["3,232,40", "2,232,40", "4,232,40"],
+                        help="stages,consumer_regs,producer_regs of the warp-specialized kernel")
     parser.add_argument("--check-only", action="store_true", help="only the odd-length checks")
     parser.add_argument("--out", default="benchmarks/results/kernels_sm90_h200.csv")
     args = parser.parse_args(argv)
@@ -148,7 +144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"x{t_ms / r_ms:.3f} triton  relL1 vs triton {rows[-1]['rel_l1_vs_triton']}", flush=True)
             for schedule in schedules:
                 _, glu = run_both(ops, lut, counts, s, schedule)
-                label = ",".join(map(str, schedule[0])) + (",m" if schedule[1] else "")
+                label = ",".join(map(str, schedule))
                 try:
                     out_g = glu().clone()
                     g_ms = timed(glu)

@@ -1,19 +1,19 @@
-"""Hopper (sm90) schedules of the FP8 block-sparse kernel, written in Gluon (``triton.experimental.gluon``).
+"""Hopper (sm90) schedule of the FP8 block-sparse kernel, written in Gluon (``triton.experimental.gluon``).
 
 Same inputs and arithmetic as the FP8 mode of `kernel._block_sparse_attn_fwd_kernel` (INT8 Q·Kᵀ with per-block
 scales, base-2 online softmax, P scaled by 448 into FP8 e4m3, FP8 P·V with a per-channel V scale; 128 × 128
 blocks), scheduled by hand instead of by Triton's pipeliner, after FlashAttention-3 (Shah et al., arXiv 2407.08608):
 
-- `_sm90_ws_kernel` (the default): warp specialization (Sec. 3.1). One producer warp issues TMA (bulk tensor)
-  copies of the kept blocks' K and V tiles into a ring of ``STAGES`` shared-memory slots, each completing on a
-  "ready" mbarrier; two consumer warpgroups own 64 query rows each of one 128-row query block, and each frees a slot
-  on an "empty" mbarrier after its P·V, so the two run independently and one's softmax overlaps the other's wgmma.
-  Registers move from the producer to the consumers (``setmaxnreg``).
-- `_sm90_fwd_kernel`: no producer; the consumers issue the copies themselves. ``CTA_M`` rows on ``num_warps``
-  warps (16 rows per warp).
-- In both, the next tile's Q·Kᵀ wgmma is issued before this tile's softmax and waited for after this tile's P·V is
-  issued (the intra-warpgroup overlap, Sec. 3.2, with the Q·Kᵀ rather than the P·V in the softmax's shadow: a P·V
-  kept in flight across the loop's back edge makes ptxas serialize every wgmma, warning C7514).
+- Warp specialization (Sec. 3.1): one producer warp issues TMA (bulk tensor) copies of the kept blocks' K and V
+  tiles into a ring of ``STAGES`` shared-memory slots, each completing on a "ready" mbarrier; two consumer
+  warpgroups own 64 query rows each of one 128-row query block, and each frees a slot on an "empty" mbarrier after
+  its P·V, so the two run independently and one's softmax overlaps the other's wgmma. Registers move from the
+  producer to the consumers (``setmaxnreg``).
+- The next tile's Q·Kᵀ wgmma is issued before this tile's softmax and waited for after this tile's P·V is issued
+  (the intra-warpgroup overlap, Sec. 3.2, with the Q·Kᵀ rather than the P·V in the softmax's shadow: a P·V kept in
+  flight across the loop's back edge makes ptxas serialize every wgmma, warning C7514).
+- Row maxima on the int32 dots (the scale is positive), then one conversion, one FMA and one ``ex2.approx.ftz`` per
+  score.
 
 Measured on an H200 in `benchmarks/results/kernels_notes.md`. Ground truth: `naive.naive_block_sparse_attention`
 (precision ``int8-fp8``); `kernel.sm90_route` decides which calls come here.
@@ -36,19 +36,6 @@ _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 
 
 @gluon.jit
-def _load_tile(k_desc, v_desc, k_smem, v_smem, bars, lut_row, t, count, k_row0, v_row0,
-               STAGES: gl.constexpr, BLOCK_N: gl.constexpr):
-    # TMA copies of the K and V tiles of the t-th kept block into slot t % STAGES (nothing when t >= count).
-    pred = t < count
-    kb = gl.load(lut_row + gl.maximum(gl.minimum(t, count - 1), 0))
-    slot = t % STAGES
-    bar = bars.index(slot)
-    mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes, pred=pred)
-    _tma_load(k_desc, [k_row0 + kb * BLOCK_N, 0], bar, k_smem.index(slot), pred=pred)
-    _tma_load(v_desc, [v_row0, kb * BLOCK_N], bar, v_smem.index(slot), pred=pred)
-
-
-@gluon.jit
 def _exp2(x):
     # one MUFU.EX2, denormal results flushed to zero (P below 2**-126 is 0 in e4m3 anyway); libdevice's exp2f adds
     # a range fix-up of two multiplies and a select per element
@@ -57,131 +44,15 @@ def _exp2(x):
 
 
 @gluon.jit
-def _scores(s, tile_scale, INT_MAGIC: gl.constexpr):
-    # int32 dots -> fp32 scores in log2 units. INT_MAGIC: without the quarter-rate I2F, as in kernel._attend_tile
-    # (1.5 * 2**23 + dot is exact in fp32 for |dot| < 2**22; the scale is cut to 22 mantissa bits).
-    if INT_MAGIC:
-        scale22 = (tile_scale.to(gl.int32, bitcast=True) & -4).to(gl.float32, bitcast=True)
-        raw = (s + 0x4B400000).to(gl.float32, bitcast=True)
-        return gl.fma(raw, scale22, -12582912.0 * scale22)
-    return s.to(gl.float32) * tile_scale
-
-
-@gluon.jit
-def _tile_probs(s, tile_scale, m_i, l_i, INT_MAGIC: gl.constexpr):
+def _tile_probs(s, tile_scale, m_i, l_i):
     # Online softmax of one score tile of int32 dots (log2 units after tile_scale > 0), P already scaled by 448. The
     # row maxima are taken on the integers (the scale is positive), so each score costs one conversion and one FMA
     # before its exponential.
     m_new = gl.maximum(m_i, gl.max(s, 1).to(gl.float32) * tile_scale)
-    bias = gl.expand_dims(8.807354922057604 - m_new, 1)
-    if INT_MAGIC:
-        scale22 = (tile_scale.to(gl.int32, bitcast=True) & -4).to(gl.float32, bitcast=True)
-        raw = (s + 0x4B400000).to(gl.float32, bitcast=True)
-        p = _exp2(gl.fma(raw, scale22, bias - 12582912.0 * scale22))
-    else:
-        p = _exp2(gl.fma(s.to(gl.float32), tile_scale, bias))
+    p = _exp2(gl.fma(s.to(gl.float32), tile_scale, gl.expand_dims(8.807354922057604 - m_new, 1)))
     alpha = _exp2(m_i - m_new)
     l_i = l_i * alpha + gl.sum(p, 1)
     return p, alpha, m_new, l_i
-
-
-@gluon.jit
-def _sm90_fwd_kernel(
-    q_desc, k_desc, v_desc, Q_SCALE, K_SCALE, V_SCALE, LUT, COUNT, OUT,
-    stride_ob, stride_oh, stride_os, stride_od,
-    H, SQ, SK, NQ, NK, S_PAD_Q, S_PAD_K,
-    CTA_M: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-    INT_MAGIC: gl.constexpr, num_warps: gl.constexpr,
-):
-    # q_desc: INT8 [B·H·S_PAD_Q, D]; k_desc: INT8 [B·H·S_PAD_K, D]; v_desc: FP8 [B·H·D, S_PAD_K] (V transposed);
-    # scales, lut and count as in kernel._block_sparse_attn_fwd_kernel; out: [B, H, SQ, D].
-    pid_m = gl.program_id(0)
-    pid_bh = gl.program_id(1)
-    off_b = pid_bh // H
-    off_h = pid_bh % H
-    row = pid_bh * NQ + (pid_m * CTA_M) // BLOCK_M
-    count = gl.load(COUNT + row)
-    lut_row = LUT + row * NK
-    q_scale = gl.load(Q_SCALE + row)
-    k_scale_row = K_SCALE + pid_bh * NK
-
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, BLOCK_N, 32])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, D, 32])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4)
-    s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
-    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
-
-    q_smem = gl.allocate_shared_memory(gl.int8, [CTA_M, D], q_desc.layout)
-    k_smem = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_N, D], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, D, BLOCK_N], v_desc.layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(bars.index(i), count=1)
-
-    k_row0 = pid_bh * S_PAD_K
-    v_row0 = pid_bh * D
-    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-    _tma_load(q_desc, [pid_bh * S_PAD_Q + pid_m * CTA_M, 0], q_bar, q_smem)
-    for i in gl.static_range(STAGES):
-        _load_tile(k_desc, v_desc, k_smem, v_smem, bars, lut_row, i, count, k_row0, v_row0, STAGES, BLOCK_N)
-
-    m_i = gl.full([CTA_M], float("-inf"), gl.float32, layout=s_rows)
-    l_i = gl.zeros([CTA_M], gl.float32, layout=s_rows)
-    s_zero = gl.zeros([CTA_M, BLOCK_N], gl.int32, layout=s_layout)
-    acc = warpgroup_mma_init(gl.zeros([CTA_M, D], gl.float32, layout=o_layout))
-
-    mbarrier.wait(q_bar, 0)
-    mbarrier.wait(bars.index(0), 0, pred=count > 0)
-    s_tok = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-    s = warpgroup_mma_wait(0, deps=(s_tok, ))
-
-    for j in range(0, count - 1):
-        slot = j % STAGES
-        nxt = j + 1
-        nslot = nxt % STAGES
-        mbarrier.wait(bars.index(nslot), (nxt // STAGES) & 1)
-        s_tok = warpgroup_mma(q_smem, k_smem.index(nslot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        tile_scale = q_scale * gl.load(k_scale_row + gl.load(lut_row + j))
-        p, alpha, m_i, l_i = _tile_probs(s, tile_scale, m_i, l_i, INT_MAGIC)
-        # Groups complete in order, so with one left in flight (this Q·Kᵀ) the previous tile's P·V is done.
-        acc_r = warpgroup_mma_wait(1, deps=(acc, ))
-        acc_r = acc_r * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
-        p8 = gl.convert_layout(p.to(gl.float8e4nv), p_layout)
-        acc = warpgroup_mma(p8, v_smem.index(slot).permute((1, 0)), acc_r, is_async=True)
-        s = warpgroup_mma_wait(0, deps=(s_tok, ))  # and this P·V: its slot is refilled now
-        if num_warps > 4:
-            gl.thread_barrier()  # both warpgroups are past this P·V
-        _load_tile(k_desc, v_desc, k_smem, v_smem, bars, lut_row, j + STAGES, count, k_row0, v_row0, STAGES, BLOCK_N)
-
-    out = warpgroup_mma_wait(0, deps=(acc, ))
-    if count > 0:  # the last kept block: no next Q·Kᵀ; the only block that can hold key columns past SK
-        j = count - 1
-        kb = gl.load(lut_row + j)
-        cols = kb * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-        sf = gl.where(gl.expand_dims(cols < SK, 0), _scores(s, q_scale * gl.load(k_scale_row + kb), INT_MAGIC),
-                      float("-inf"))
-        m_new = gl.maximum(m_i, gl.max(sf, 1))
-        p = _exp2(sf - gl.expand_dims(m_new - 8.807354922057604, 1))
-        alpha = _exp2(m_i - m_new)
-        l_i = l_i * alpha + gl.sum(p, 1)
-        m_i = m_new
-        out = out * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
-        p8 = gl.convert_layout(p.to(gl.float8e4nv), p_layout)
-        out = warpgroup_mma(p8, v_smem.index(j % STAGES).permute((1, 0)), out)
-
-    l_o = gl.convert_layout(l_i, o_rows)
-    l_o = gl.where(l_o == 0.0, 1.0, l_o)
-    offs_d = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
-    offs_m = pid_m * CTA_M + gl.arange(0, CTA_M, layout=o_rows)
-    out = out / gl.expand_dims(l_o, 1) * gl.expand_dims(gl.load(V_SCALE + pid_bh * D + offs_d), 0)
-    o_ptrs = (OUT + off_b * stride_ob + off_h * stride_oh + gl.expand_dims(offs_m, 1) * stride_os
-              + gl.expand_dims(offs_d, 0) * stride_od)
-    mask = gl.expand_dims(offs_m < SQ, 1) & gl.expand_dims(offs_d < D, 0)
-    gl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=mask)
 
 
 @gluon.jit
@@ -204,8 +75,7 @@ def _ws_produce(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, em
 @gluon.jit
 def _ws_consume(q_half, k_smem, v_smem, q_bar, ready, empty, lut_row, count, q_scale, k_scale_row, V_SCALE, OUT,
                 out_base, pid_bh, row0, SQ, SK, stride_os, stride_od,
-                HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                INT_MAGIC: gl.constexpr):
+                HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
     # One warpgroup: HALF_M query rows from row0 against every kept block, releasing each slot after its P·V.
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 32])
@@ -229,7 +99,7 @@ def _ws_consume(q_half, k_smem, v_smem, q_bar, ready, empty, lut_row, count, q_s
         mbarrier.wait(ready.index(nslot), (nxt // STAGES) & 1)
         s_tok = warpgroup_mma(q_half, k_smem.index(nslot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         tile_scale = q_scale * gl.load(k_scale_row + gl.load(lut_row + j))
-        p, alpha, m_i, l_i = _tile_probs(s, tile_scale, m_i, l_i, INT_MAGIC)
+        p, alpha, m_i, l_i = _tile_probs(s, tile_scale, m_i, l_i)
         acc_r = warpgroup_mma_wait(1, deps=(acc, ))
         acc_r = acc_r * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
         p8 = gl.convert_layout(p.to(gl.float8e4nv), p_layout)
@@ -241,7 +111,7 @@ def _ws_consume(q_half, k_smem, v_smem, q_bar, ready, empty, lut_row, count, q_s
         j = count - 1
         kb = gl.load(lut_row + j)
         cols = kb * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-        sf = gl.where(gl.expand_dims(cols < SK, 0), _scores(s, q_scale * gl.load(k_scale_row + kb), INT_MAGIC),
+        sf = gl.where(gl.expand_dims(cols < SK, 0), s.to(gl.float32) * (q_scale * gl.load(k_scale_row + kb)),
                       float("-inf"))
         m_new = gl.maximum(m_i, gl.max(sf, 1))
         p = _exp2(sf - gl.expand_dims(m_new - 8.807354922057604, 1))
@@ -266,7 +136,7 @@ def _sm90_ws_kernel(
     stride_ob, stride_oh, stride_os, stride_od,
     H, SQ, SK, NQ, NK, S_PAD_Q, S_PAD_K,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, INT_MAGIC: gl.constexpr, num_warps: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, num_warps: gl.constexpr,
 ):
     # Warp-specialized: a producer warp issues the TMA copies; two consumer warpgroups own 64 rows each of one
     # 128-row query block and run independently of each other (FlashAttention-3's producer / consumer split).
@@ -297,18 +167,17 @@ def _sm90_ws_kernel(
     gl.warp_specialize([
         (_ws_consume, (q_smem.index(0), k_smem, v_smem, q_bar, ready, empty, lut_row, count, q_scale, k_scale_row,
                        V_SCALE, OUT, out_base, pid_bh, row0, SQ, SK, stride_os, stride_od, HALF_M, BLOCK_N, D,
-                       STAGES, INT_MAGIC)),
+                       STAGES)),
         (_ws_consume, (q_smem.index(1), k_smem, v_smem, q_bar, ready, empty, lut_row, count, q_scale, k_scale_row,
                        V_SCALE, OUT, out_base, pid_bh, row0 + HALF_M, SQ, SK, stride_os, stride_od, HALF_M, BLOCK_N,
-                       D, STAGES, INT_MAGIC)),
+                       D, STAGES)),
         (_ws_produce, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, lut_row, count, q_row,
                        pid_bh * S_PAD_K, pid_bh * D, STAGES, BLOCK_N, HALF_M)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
-# per head dim, chosen on an H200 (benchmarks/results/kernels_notes.md): warp-specialized, 3 stages, consumer and
-# producer register counts
-DEFAULT_SCHEDULE = {64: ("ws", 3, 232, 40), 128: ("ws", 3, 232, 40)}
+# per head dim, chosen on an H200 (benchmarks/results/kernels_notes.md): K/V stages, consumer and producer registers
+DEFAULT_SCHEDULE = {64: (3, 232, 40), 128: (3, 232, 40)}
 
 
 def sm90_fwd(
@@ -325,7 +194,6 @@ def sm90_fwd(
     k_scale: torch.Tensor,
     v_scale: torch.Tensor,
     schedule: Optional[tuple] = None,
-    int_magic: bool = False,
 ) -> torch.Tensor:
     """Launch the Hopper kernel; writes and returns ``out [B, H, Sq, D]``.
 
@@ -334,33 +202,24 @@ def sm90_fwd(
             scale · log2 e folded in) and ``k_scale [B, H, NK]``.
         v: contiguous FP8 e4m3 ``[B, H, D, S_pad]`` (V transposed) with ``v_scale [B, H, D]``.
         lut, counts: kept key blocks per 128-row query block, ascending (`BlockMap.to_lut`).
-        schedule: ``(cta_m, num_warps, stages[, register cap])`` for `_sm90_fwd_kernel`, or ``("ws", stages, consumer_regs,
-            producer_regs)`` for the warp-specialized `_sm90_ws_kernel`; None takes `DEFAULT_SCHEDULE`.
-        int_magic: INT32 scores converted by the magic-number add instead of I2F.
+        schedule: ``(stages, consumer_registers, producer_registers)``; None takes `DEFAULT_SCHEDULE`.
     """
     b, h, sq_pad, d = q.shape
     sk_pad = k.shape[2]
     nq, nk = lut.shape[2], lut.shape[3]
-    schedule = schedule or DEFAULT_SCHEDULE[d]
-    warp_specialized = schedule[0] == "ws"
-    cta_m = BLOCK // 2 if warp_specialized else schedule[0]
+    stages, consumer_regs, producer_regs = schedule or DEFAULT_SCHEDULE[d]
+    half = BLOCK // 2
     q2, k2, v2 = q.view(b * h * sq_pad, d), k.view(b * h * sk_pad, d), v.view(b * h * d, sk_pad)
-    q_desc = TensorDescriptor.from_tensor(q2, [cta_m, d], gl.NVMMASharedLayout.get_default_for([cta_m, d], gl.int8))
+    q_desc = TensorDescriptor.from_tensor(q2, [half, d], gl.NVMMASharedLayout.get_default_for([half, d], gl.int8))
     k_desc = TensorDescriptor.from_tensor(k2, [BLOCK, d], gl.NVMMASharedLayout.get_default_for([BLOCK, d], gl.int8))
     v_desc = TensorDescriptor.from_tensor(v2, [d, BLOCK],
                                           gl.NVMMASharedLayout.get_default_for([d, BLOCK], gl.float8e4nv))
-    args = (q_desc, k_desc, v_desc, q_scale, k_scale, v_scale, lut, counts, out, *out.stride(), h, seq_len_q,
-            seq_len_k, nq, nk, sq_pad, sk_pad)
-    if warp_specialized:
-        _, stages, consumer_regs, producer_regs = schedule
-        _sm90_ws_kernel[(sq_pad // BLOCK, b * h)](*args, BLOCK_M=BLOCK, BLOCK_N=BLOCK, D=d, STAGES=stages,
-                                                  CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs,
-                                                  INT_MAGIC=int_magic, num_warps=4)
-    else:
-        cta_m, num_warps, stages, *cap = schedule
-        _sm90_fwd_kernel[(sq_pad // cta_m, b * h)](*args, CTA_M=cta_m, BLOCK_M=BLOCK, BLOCK_N=BLOCK, D=d,
-                                                   STAGES=stages, INT_MAGIC=int_magic, num_warps=num_warps,
-                                                   **(dict(maxnreg=cap[0]) if cap else {}))
+    _sm90_ws_kernel[(sq_pad // BLOCK, b * h)](
+        q_desc, k_desc, v_desc, q_scale, k_scale, v_scale, lut, counts, out, *out.stride(), h, seq_len_q,
+        seq_len_k, nq, nk, sq_pad, sk_pad,
+        BLOCK_M=BLOCK, BLOCK_N=BLOCK, D=d, STAGES=stages, CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs,
+        num_warps=4,
+    )
     return out
 
 

@@ -1,7 +1,7 @@
-"""Compile one Gluon kernel of `kernel_sm90` for sm90 on a machine without a GPU and write its PTX.
+"""Compile the Gluon kernel of `kernel_sm90` for sm90 on a machine without a GPU and write its PTX.
 
 Run by `test_sm90_route.py` in a fresh process (outside Triton's interpreter):
-    python tests/kernels/sm90_compile.py HEAD_DIM SCHEDULE OUT.ptx     (SCHEDULE: ws,3,232,40 or 64,4,3)
+    python tests/kernels/sm90_compile.py HEAD_DIM STAGES,CONSUMER_REGS,PRODUCER_REGS OUT.ptx
 """
 
 import sys
@@ -41,29 +41,22 @@ def main(head_dim: int, schedule: str, out_path: str) -> None:
 
     from sparge_diffusers.kernels.block_sparse_attn import kernel_sm90 as sm90
 
-    parts = [x if x == "ws" else int(x) for x in schedule.split(",")]
+    stages, consumer_regs, producer_regs = (int(x) for x in schedule.split(","))
     seq, pad = 1000, 1024
     q = torch.zeros(2 * pad, head_dim, dtype=torch.int8)
     v = torch.zeros(2 * head_dim, pad, dtype=torch.float8_e4m3fn)
-    cta_m = 64 if parts[0] == "ws" else parts[0]
 
     def desc(t, block, dtype):
         return sm90.TensorDescriptor.from_tensor(t, block, gl.NVMMASharedLayout.get_default_for(block, dtype))
 
     out = torch.zeros(1, 2, seq, head_dim, dtype=torch.bfloat16)
-    args = (desc(q, [cta_m, head_dim], gl.int8), desc(q, [128, head_dim], gl.int8),
+    args = (desc(q, [64, head_dim], gl.int8), desc(q, [128, head_dim], gl.int8),
             desc(v, [head_dim, 128], gl.float8e4nv), torch.zeros(16), torch.zeros(16), torch.zeros(2 * head_dim),
             torch.zeros(64, dtype=torch.int32), torch.zeros(8, dtype=torch.int32), out,
             *out.stride(), 2, seq, seq, 8, 8, pad, pad)
-    if parts[0] == "ws":
-        fn, meta = sm90._sm90_ws_kernel, dict(BLOCK_M=128, BLOCK_N=128, D=head_dim, STAGES=parts[1],
-                                              CONSUMER_REGS=parts[2], PRODUCER_REGS=parts[3], INT_MAGIC=False,
-                                              num_warps=4)
-    else:
-        fn, meta = sm90._sm90_fwd_kernel, dict(CTA_M=cta_m, BLOCK_M=128, BLOCK_N=128, D=head_dim, STAGES=parts[2],
-                                               INT_MAGIC=False, num_warps=parts[1])
     driver.set_active(Sm90Target())
-    compiled = fn.warmup(*args, grid=(1,), **meta)
+    compiled = sm90._sm90_ws_kernel.warmup(*args, grid=(1,), BLOCK_M=128, BLOCK_N=128, D=head_dim, STAGES=stages,
+                                           CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs, num_warps=4)
     with open(out_path, "w") as handle:
         handle.write(compiled.asm["ptx"])
 

@@ -1,4 +1,5 @@
-"""GPU checks of the Hopper (Gluon) schedules of the FP8 block-sparse kernel (`kernel_sm90`), on Hopper only."""
+"""GPU checks of the Hopper (Gluon) schedule of the FP8 block-sparse kernel (`kernel_sm90`), on Hopper only; the
+Triton FP8 kernel's row maxima on any GPU."""
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ from sparge_diffusers.kernels import quantize, reference as ref
 
 pytestmark = pytest.mark.gpu
 
-SCHEDULES = [None, (64, 4, 3), (128, 8, 2)]  # the default (warp-specialized) and the two producer-less ones
+# the default (3 stages, 232 / 40 registers) and two others, each checked correct on an H200 by scripts/bench_sm90.py
+SCHEDULES = [None, (2, 232, 40), (3, 240, 24)]
 
 
 def _hopper() -> bool:
@@ -51,7 +53,7 @@ def _launch(prepared, lut, counts, out, s, **kwargs):
 @hopper_only
 @pytest.mark.parametrize("seq_len", [1, 97, 777, 4608, 17776])
 @pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("schedule", SCHEDULES, ids=["ws", "64x4", "128x8"])
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=["default", "2-stages", "240-24-registers"])
 def test_schedules_match_naive_and_the_triton_kernel(seq_len, head_dim, schedule):
     from sparge_diffusers.kernels.block_sparse_attn import kernel_sm90
 

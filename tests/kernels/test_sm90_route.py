@@ -1,4 +1,4 @@
-"""CPU checks of the Hopper schedule: which launches `sm90_route` sends there, and that the Gluon kernels compile
+"""CPU checks of the Hopper schedule: which launches `sm90_route` sends there, and that the Gluon kernel compiles
 for sm90 (offline, through Triton's own ptxas) without spills and without serialized wgmma."""
 
 import os
@@ -72,8 +72,8 @@ def _ptxas_report(ptx: str, tmp_path) -> str:
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("schedule", [("ws", 3, 232, 40), (64, 4, 3)], ids=["ws", "64x4"])
-def test_gluon_kernels_compile_for_sm90_without_spills(head_dim, schedule, tmp_path):
+@pytest.mark.parametrize("schedule", [(3, 232, 40), (2, 232, 40)], ids=["default", "2-stages"])
+def test_gluon_kernel_compiles_for_sm90_without_spills(head_dim, schedule, tmp_path):
     pytest.importorskip("triton.experimental.gluon.language.nvidia.hopper")
     pytest.importorskip("sparge_diffusers.kernels.block_sparse_attn.kernel_sm90")
     # a fresh process: the suite runs Triton's interpreter (TRITON_INTERPRET=1), which cannot compile
@@ -84,8 +84,7 @@ def test_gluon_kernels_compile_for_sm90_without_spills(head_dim, schedule, tmp_p
     ptx = ptx_path.read_text()
     assert ptx.count("wgmma.mma_async") >= 12  # Q·Kᵀ and P·V as k32 steps, both issued asynchronously
     assert "cp.async.bulk.tensor" in ptx  # TMA copies
-    if schedule[0] == "ws":
-        assert "setmaxnreg" in ptx
+    assert "setmaxnreg" in ptx  # registers moved from the producer warp to the consumers
     report = _ptxas_report(ptx, tmp_path)
     assert "C7514" not in report, report  # ptxas serialized the wgmma pipeline
     spills = [int(x) for x in re.findall(r"(\d+) bytes spill stores", report)]
