@@ -4,7 +4,7 @@
 # error-budget tests), crossover, budget-cost, budget-eval, e2e, e2e-compile (E2E_MODELS, one or two per call: each
 # compile takes minutes), sampled-rows (the mixed predictor's rows at 4 and 2 per block), overhead (per-call
 # launches / syncs / allocations, eager vs CUDA graph), map-reuse, profile (a few-block Flux step, stock against
-# Sparge, per kernel).
+# Sparge, per kernel), sm90 (the Hopper Gluon kernel against the Triton kernel and cuDNN, SM90_ARGS).
 # Usage: bash scripts/device_run.sh tests budget-eval
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -42,6 +42,8 @@ for part in "$@"; do
     sampled-rows) python3 scripts/bench_sampled_rows.py --rows 4 2 --no-sweep --out "$OUT/sampled_rows_h200.csv" \
                     > "$log" 2>&1 ;;
     profile) timeout "${PROFILE_TIMEOUT:-300}" python3 scripts/profile_step.py ${PROFILE_ARGS:-} > "$log" 2>&1 ;;
+    sm90) timeout "${SM90_TIMEOUT:-300}" python3 scripts/bench_sm90.py ${SM90_ARGS:-} --out "$OUT/kernels_sm90_h200.csv" \
+            > "$log" 2>&1 ;;
     budget-cost) python3 scripts/bench_budget.py --out "$OUT/budget_cost_h200.csv" > "$log" 2>&1 ;;
     budget-tests) timeout "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -m gpu tests/kernels/test_triton_gpu.py \
                     -k "budget or lse_predictor" -p no:cacheprovider > "$log" 2>&1 ;;

@@ -260,8 +260,11 @@ def block_sparse_attn_fwd(
                             scales=(q_scale, k_scale, v_scale), v_transposed=v_transposed, overrides=overrides,
                             head_dims=SM90_HEAD_DIMS if hopper is None else (64, 128))
         if reason is None:
-            return _sm90_module().sm90_fwd(q, k, v, lut, counts, out, seq_len_q=seq_len_q, seq_len_k=seq_len_k,
-                                           q_scale=q_scale, k_scale=k_scale, v_scale=v_scale)
+            launched = _sm90_launch(q, k, v, lut, counts, out, seq_len_q=seq_len_q, seq_len_k=seq_len_k,
+                                    q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, required=bool(hopper))
+            if launched is not None:
+                return launched
+            reason = "the Hopper kernel failed to build"
         if hopper:
             raise ValueError(f"hopper=True: the Hopper schedule cannot take this call: {reason}")
     b, h, _, d = q.shape
@@ -324,7 +327,7 @@ def sm90_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_m: in
     return None
 
 
-_SM90: list = []
+_SM90: list = []  # [kernel_sm90 or None, whether a launch has succeeded]
 
 
 def _sm90_module():
@@ -336,8 +339,25 @@ def _sm90_module():
             logger.info("sparge-diffusers: the Hopper attention schedule is unavailable (%s); using the Triton "
                         "kernel", error)
             kernel_sm90 = None
-        _SM90.append(kernel_sm90)
+        _SM90.extend([kernel_sm90, False])
     return _SM90[0]
+
+
+def _sm90_launch(*args, required: bool, **kwargs) -> Optional[torch.Tensor]:
+    """`kernel_sm90.sm90_fwd`; None when its first launch fails to build (a Gluon this code does not know): the
+    failure is logged once and every later call runs the Triton kernel. After one launch has succeeded, errors
+    propagate."""
+    try:
+        out = _SM90[0].sm90_fwd(*args, **kwargs)
+    except Exception as error:
+        if _SM90[1] or required:
+            raise
+        logger.warning("sparge-diffusers: the Hopper attention kernel failed to build (%s: %s); using the Triton "
+                       "kernel", type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+        _SM90[0] = None
+        return None
+    _SM90[1] = True
+    return out
 
 
 def _default_stages(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_m: int, tile_n: int, d: int,

@@ -89,3 +89,57 @@ def test_gluon_kernel_compiles_for_sm90_without_spills(head_dim, schedule, tmp_p
     assert "C7514" not in report, report  # ptxas serialized the wgmma pipeline
     spills = [int(x) for x in re.findall(r"(\d+) bytes spill stores", report)]
     assert spills and max(spills) == 0, report
+
+
+class _BrokenGluon:
+    """A `kernel_sm90` whose kernel fails to build, as on a Triton whose Gluon API this code does not know."""
+
+    calls = 0
+
+    @staticmethod
+    def sm90_supported(*args):
+        return True
+
+    @classmethod
+    def sm90_fwd(cls, *args, **kwargs):
+        cls.calls += 1
+        raise RuntimeError("unsupported Gluon op\nsecond line")
+
+
+def _fp8_launch(gen, **kwargs):
+    from sparge_diffusers.block_map import BlockMap
+    from sparge_diffusers.kernels import quantize
+
+    q, k, v = (torch.randn(1, 2, 200, 128, generator=gen) for _ in range(3))
+    prepared = quantize.prepare_fwd(q, k, v, block_m=128, block_n=128, q_scale_mult=128 ** -0.5 * kernel.LOG2E)
+    lut, counts = BlockMap(torch.ones(1, 2, 2, 2, dtype=torch.bool), 128, 128, 200, 200).to_lut()
+    p = prepared
+    return kernel.block_sparse_attn_fwd(
+        p.q_int8, p.k_int8, p.v_fp8, lut, counts, torch.empty_like(q), seq_len_q=200, seq_len_k=200, block_m=128,
+        block_n=128, pv_mode=kernel.PV_FP8, q_scale=p.q_scale, k_scale=p.k_scale, v_scale=p.v_scale,
+        softmax_scale=128 ** -0.5, v_transposed=True, **kwargs)
+
+
+def test_a_hopper_kernel_that_fails_to_build_falls_back_once(monkeypatch, caplog):
+    monkeypatch.setattr(kernel, "_is_hopper", lambda device: True)
+    monkeypatch.setattr(kernel, "_SM90", [_BrokenGluon, False])
+    _BrokenGluon.calls = 0
+    expected = _fp8_launch(torch.Generator().manual_seed(0), hopper=False)
+    with caplog.at_level("WARNING"):
+        first = _fp8_launch(torch.Generator().manual_seed(0))
+        second = _fp8_launch(torch.Generator().manual_seed(0))
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    assert _BrokenGluon.calls == 1  # the second call no longer tries it
+    assert sum("failed to build" in r.message for r in caplog.records) == 1
+    assert "unsupported Gluon op" in caplog.text and "second line" not in caplog.text
+    assert "no usable Gluon" in _route(*_operands())
+
+
+def test_hopper_kernel_errors_propagate_once_it_has_run(monkeypatch):
+    monkeypatch.setattr(kernel, "_is_hopper", lambda device: True)
+    monkeypatch.setattr(kernel, "_SM90", [_BrokenGluon, True])
+    with pytest.raises(RuntimeError, match="unsupported Gluon op"):
+        _fp8_launch(torch.Generator().manual_seed(0))
+    monkeypatch.setattr(kernel, "_SM90", [_BrokenGluon, False])
+    with pytest.raises(RuntimeError, match="unsupported Gluon op"):
+        _fp8_launch(torch.Generator().manual_seed(0), hopper=True)
