@@ -5,8 +5,9 @@ work is proportional to the kept blocks, with no branch per skipped block. Score
 dequantization factor per tile (per-block scales, SageAttention arXiv 2410.02367); the online softmax runs in base 2
 (FlashAttention-2, arXiv 2307.08691); P·V runs in FP8 e4m3 with P scaled by 448 and a per-channel V scale
 (SageAttention2, arXiv 2411.10958), in FP16, or in the input dtype. With λ, a tile whose row maxima all lie more than
--λ below the running maxima is skipped (SpargeAttn, arXiv 2502.18137, Sec. 3.4). On Hopper, FP8-mode launches at head dim 128 go to the hand-scheduled
-Gluon kernel of `kernel_sm90` instead (`sm90_route`). Ground truth: `naive.naive_block_sparse_attention`.
+-λ below the running maxima is skipped (SpargeAttn, arXiv 2502.18137, Sec. 3.4). On Hopper, FP8-mode launches at
+head dim 128 go to the hand-scheduled Gluon kernel of `kernel_sm90` instead (`sm90_route`). Ground truth:
+`naive.naive_block_sparse_attention`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 PV_FP8, PV_FP16, PV_NATIVE = 0, 1, 2
-# Head dims the Hopper (Gluon) schedule of `kernel_sm90` takes by default. At head dim 64 it measured 3–8% slower
-# than this kernel on an H200 (softmax-bound there), so head dim 64 stays here (kernels_notes.md).
+# Head dims the Hopper (Gluon) schedule of `kernel_sm90` takes by default. At head dim 64 (softmax-bound) it measured
+# level with this kernel with a full mask and 2% slower at sparsity 0.5 on an H200, so head dim 64 stays here
+# (kernels_notes.md, session 12).
 SM90_HEAD_DIMS = (128,)
 SM90_ENV = "SPARGE_SM90"  # "0" keeps every call on this kernel
 # INT8 Q·Kᵀ tiles without the edge mask, λ or the magic-number conversion take their row maxima on the int32 dots,
