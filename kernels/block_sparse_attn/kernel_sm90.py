@@ -21,6 +21,7 @@ Measured on an H200 in `benchmarks/results/kernels_notes.md`. Ground truth: `nai
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -210,10 +211,9 @@ def sm90_fwd(
     stages, consumer_regs, producer_regs = schedule or DEFAULT_SCHEDULE[d]
     half = BLOCK // 2
     q2, k2, v2 = q.view(b * h * sq_pad, d), k.view(b * h * sk_pad, d), v.view(b * h * d, sk_pad)
-    q_desc = TensorDescriptor.from_tensor(q2, [half, d], gl.NVMMASharedLayout.get_default_for([half, d], gl.int8))
-    k_desc = TensorDescriptor.from_tensor(k2, [BLOCK, d], gl.NVMMASharedLayout.get_default_for([BLOCK, d], gl.int8))
-    v_desc = TensorDescriptor.from_tensor(v2, [d, BLOCK],
-                                          gl.NVMMASharedLayout.get_default_for([d, BLOCK], gl.float8e4nv))
+    q_desc = TensorDescriptor.from_tensor(q2, [half, d], _shared_layout(half, d, "int8"))
+    k_desc = TensorDescriptor.from_tensor(k2, [BLOCK, d], _shared_layout(BLOCK, d, "int8"))
+    v_desc = TensorDescriptor.from_tensor(v2, [d, BLOCK], _shared_layout(d, BLOCK, "float8e4nv"))
     _sm90_ws_kernel[(sq_pad // BLOCK, b * h)](
         q_desc, k_desc, v_desc, q_scale, k_scale, v_scale, lut, counts, out, *out.stride(), h, seq_len_q,
         seq_len_k, nq, nk, sq_pad, sk_pad,
@@ -221,6 +221,12 @@ def sm90_fwd(
         num_warps=4,
     )
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_layout(rows: int, cols: int, dtype: str):
+    # the TMA tile's shared-memory layout, built once (about 5 µs of host time each)
+    return gl.NVMMASharedLayout.get_default_for([rows, cols], getattr(gl, dtype))
 
 
 def sm90_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_m: int, block_n: int) -> bool:

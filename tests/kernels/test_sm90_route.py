@@ -143,3 +143,28 @@ def test_hopper_kernel_errors_propagate_once_it_has_run(monkeypatch):
     monkeypatch.setattr(kernel, "_SM90", [_BrokenGluon, False])
     with pytest.raises(RuntimeError, match="unsupported Gluon op"):
         _fp8_launch(torch.Generator().manual_seed(0), hopper=True)
+
+
+def test_launcher_builds_the_descriptors_and_grid(monkeypatch):
+    sm90 = pytest.importorskip("sparge_diffusers.kernels.block_sparse_attn.kernel_sm90")
+    launches = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **meta: launches.append((grid, args, meta))
+
+    monkeypatch.setattr(sm90, "_sm90_ws_kernel", Recorder())
+    b, h, s, d = 2, 3, 300, 128
+    q, k, v = torch.zeros(b, h, 384, d, dtype=torch.int8), torch.zeros(b, h, 384, d, dtype=torch.int8), \
+        torch.zeros(b, h, d, 384, dtype=torch.float8_e4m3fn)
+    lut, counts = torch.zeros(b, h, 3, 3, dtype=torch.int32), torch.zeros(b, h, 3, dtype=torch.int32)
+    out = torch.zeros(b, s, h, d, dtype=torch.bfloat16).transpose(1, 2)
+    scales = dict(q_scale=torch.ones(b, h, 3), k_scale=torch.ones(b, h, 3), v_scale=torch.ones(b, h, d))
+    assert sm90.sm90_fwd(q, k, v, lut, counts, out, seq_len_q=s, seq_len_k=s, **scales) is out
+    (grid, args, meta), = launches
+    assert grid == (3, b * h)
+    q_desc, k_desc, v_desc = args[:3]
+    assert (q_desc.block_shape, k_desc.block_shape, v_desc.block_shape) == ([64, d], [128, d], [d, 128])
+    assert list(q_desc.shape) == [b * h * 384, d] and list(v_desc.shape) == [b * h * d, 384]
+    assert args[9:13] == out.stride() and args[13:] == (h, s, s, 3, 3, 384, 384)
+    assert meta == dict(BLOCK_M=128, BLOCK_N=128, D=d, STAGES=3, CONSUMER_REGS=232, PRODUCER_REGS=40, num_warps=4)
