@@ -123,15 +123,13 @@ def run_ours(bench: Bench, name: str, shape, q, k, v, oracle, cudnn_ms, sparsiti
     out_buf = torch.empty_like(q)
     common = dict(seq_len_q=s, seq_len_k=s, block_m=bm, block_n=bn, softmax_scale=scale)
 
-    def kernel_fp8(lut, counts):
+    def kernel_fp8(lut, counts, hopper=None):
         return block_sparse_attn.block_sparse_attn_fwd(q8, k8, v8, lut, counts, out_buf, pv_mode=block_sparse_attn.PV_FP8,
                                                        q_scale=q_scale, k_scale=k_scale, v_scale=v_scale,
-                                                       v_transposed=True, **common)
+                                                       v_transposed=True, hopper=hopper, **common)
 
     def kernel_fp8_triton(lut, counts):
-        return block_sparse_attn.block_sparse_attn_fwd(q8, k8, v8, lut, counts, out_buf, pv_mode=block_sparse_attn.PV_FP8,
-                                                       q_scale=q_scale, k_scale=k_scale, v_scale=v_scale,
-                                                       v_transposed=True, hopper=False, **common)
+        return kernel_fp8(lut, counts, hopper=False)
 
     def kernel_fp16(lut, counts):
         return block_sparse_attn.block_sparse_attn_fwd(q8, k8, v16, lut, counts, out_buf,

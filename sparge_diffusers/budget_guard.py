@@ -128,8 +128,8 @@ class BudgetGuard:
     def forget(self) -> None:
         """Drop every call shape's drop masses, interval and block map, keeping the statistics: a new generation
         starts from noise, and the last step's attention says little about its first steps."""
-        self._slots = {}
-        self._last = None
+        self._slots: Dict[Tuple[int, ...], _Slot] = {}
+        self._last: Optional[Tuple[int, ...]] = None
 
     def _new_slot(self, key) -> _Slot:
         if len(self._slots) >= MAX_SLOTS:
@@ -138,12 +138,11 @@ class BudgetGuard:
         return slot
 
     def reset(self) -> None:
-        """Forget every call shape's drop masses and the statistics (the key stays)."""
+        """Forget every call shape's state (`forget`) and the statistics; the key stays."""
         self.measured = 0
         self.reused = 0
         self.maps_reused = 0
-        self._slots: Dict[Tuple[int, ...], _Slot] = {}
-        self._last: Optional[Tuple[int, ...]] = None
+        self.forget()
 
     def __repr__(self) -> str:
         return (f"BudgetGuard(interval={self.interval}, measured={self.measured}, reused={self.reused}, "

@@ -260,7 +260,7 @@ def block_sparse_attn_fwd(
     if hopper is not False:
         reason = sm90_route(q, k, v, block_m=block_m, block_n=block_n, pv_mode=pv_mode, pv_threshold=pv_threshold,
                             scales=(q_scale, k_scale, v_scale), v_transposed=v_transposed, overrides=overrides,
-                            head_dims=SM90_HEAD_DIMS if hopper is None else (64, 128))
+                            head_dims=SM90_HEAD_DIMS if hopper is None else None)
         if reason is None:
             launched = _sm90_launch(q, k, v, lut, counts, out, seq_len_q=seq_len_q, seq_len_k=seq_len_k,
                                     q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, required=bool(hopper))
@@ -308,7 +308,7 @@ def sm90_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_m: in
                pv_threshold: Optional[float], scales, v_transposed: bool, overrides: bool,
                head_dims=SM90_HEAD_DIMS) -> Optional[str]:
     """None when a launch goes to the Hopper schedule (`kernel_sm90.sm90_fwd`), else why not. The one place that
-    decides it."""
+    decides it. ``head_dims``: the head dims taken (None: every one `kernel_sm90.sm90_supported` takes)."""
     if os.environ.get(SM90_ENV, "1") == "0":
         return f"{SM90_ENV}=0"
     if pv_mode != PV_FP8 or any(x is None for x in scales) or not v_transposed:
@@ -317,7 +317,7 @@ def sm90_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_m: in
         return "the Hopper schedule has no λ (pv_threshold)"
     if overrides:
         return "a Triton launch setting was given"
-    if q.shape[-1] not in head_dims:
+    if head_dims is not None and q.shape[-1] not in head_dims:
         return f"head dim {q.shape[-1]} is not in {tuple(head_dims)}"
     if not _is_hopper(q.device):
         return "not a Hopper GPU"
@@ -325,7 +325,8 @@ def sm90_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block_m: in
     if module is None:
         return "this Triton has no usable Gluon (triton.experimental.gluon)"
     if not module.sm90_supported(q, k, v, block_m, block_n):
-        return "the Hopper schedule needs contiguous INT8 Q, K, FP8 Vᵀ and 128 × 128 blocks"
+        return (f"the Hopper schedule needs contiguous INT8 Q, K, FP8 Vᵀ, 128 × 128 blocks and a head dim in "
+                f"{tuple(module.DEFAULT_SCHEDULE)}")
     return None
 
 
