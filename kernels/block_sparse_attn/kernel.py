@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._launch import launch
+
 LOG2E = 1.4426950408889634
 PV_FP8, PV_FP16, PV_NATIVE = 0, 1, 2
 # Head dims the Hopper (Gluon) schedule of `kernel_sm90` takes by default. At head dim 64 (softmax-bound) it measured
@@ -288,7 +290,7 @@ def block_sparse_attn_fwd(
         max_registers = 168
     num_stages = num_stages or _default_stages(q, k, v, block_m, tile_n, d, pv_mode)
     dummy = lut
-    _block_sparse_attn_fwd_kernel[(nq, b * h)](
+    launch(_block_sparse_attn_fwd_kernel, (nq, b * h),
         q, k, v,
         q_scale if qk_int8 else dummy, k_scale if qk_int8 else dummy, v_scale if v_scale is not None else dummy,
         lut, counts, out,

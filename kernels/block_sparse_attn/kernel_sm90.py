@@ -31,6 +31,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (mbarrier, tma, war
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from .._launch import launch
+
 BLOCK = 128  # query and key block of the block map
 # Triton 3.6 names the TMA load async_copy_global_to_shared; later versions name it async_load.
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
@@ -214,7 +216,7 @@ def sm90_fwd(
     q_desc = TensorDescriptor.from_tensor(q2, [half, d], _shared_layout(half, d, "int8"))
     k_desc = TensorDescriptor.from_tensor(k2, [BLOCK, d], _shared_layout(BLOCK, d, "int8"))
     v_desc = TensorDescriptor.from_tensor(v2, [d, BLOCK], _shared_layout(d, BLOCK, "float8e4nv"))
-    _sm90_ws_kernel[(sq_pad // BLOCK, b * h)](
+    launch(_sm90_ws_kernel, (sq_pad // BLOCK, b * h),
         q_desc, k_desc, v_desc, q_scale, k_scale, v_scale, lut, counts, out, *out.stride(), h, seq_len_q,
         seq_len_k, nq, nk, sq_pad, sk_pad,
         BLOCK_M=BLOCK, BLOCK_N=BLOCK, D=d, STAGES=stages, CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs,

@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._launch import launch
 from ..geometry import num_blocks
 from .naive import DROP_MASS_LADDER, GUARD_MARGIN, GUARD_ROWS, KEEP_ALL, sample_rows
 
@@ -283,7 +284,7 @@ def budget_partials_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows:
     if num_stages is None:
         tiles = 2 if values else 1
         num_stages = 2 if tiles * block_n * block_d * q.element_size() <= (128 << 10) else 1
-    _budget_partials_fwd_kernel[(triton.cdiv(r, block_r), g)](
+    launch(_budget_partials_fwd_kernel, (triton.cdiv(r, block_r), g),
         q, k, v, rows, m, z, m if u is None else u, *q.stride(), *k.stride(), *v.stride(), h, r, nk, sk, d,
         bh_start, scale * LOG2E,
         BLOCK_R=block_r, BLOCK_N=block_n, BLOCK_D=block_d, WITH_VALUES=values, num_warps=num_warps,
@@ -318,7 +319,7 @@ def budget_buckets_fwd(probs: torch.Tensor, row_block: torch.Tensor, forced_rows
     r = row_block.numel()
     c = ladder.numel()
     bucket = torch.empty((g, r, nk), dtype=torch.int8, device=probs.device)
-    _budget_buckets_fwd_kernel[(r, g)](
+    launch(_budget_buckets_fwd_kernel, (r, g),
         probs, row_block, forced_rows, forced_cols, ladder, bucket, *probs.stride(),
         forced_rows.stride(0) if forced_rows.shape[0] > 1 else 0,
         forced_cols.stride(0) if forced_cols.shape[0] > 1 else 0, r, nk, bh_start,
@@ -338,7 +339,7 @@ def budget_drop_errors_fwd(m: torch.Tensor, z: torch.Tensor, u: torch.Tensor, bu
         sum_precision: ``input_precision`` of the one-hot matmul that sums the block sums per bucket (`SUM_PRECISION`).
     """
     g, r, nk = m.shape
-    _budget_drop_errors_fwd_kernel[(r, g)](
+    launch(_budget_drop_errors_fwd_kernel, (r, g),
         m, z, u, bucket, err, ref_norm, r, nk, u.shape[-1], bh_start,
         C=num_ladder, C_PAD=_pow2(num_ladder + 1), BLOCK_J=BLOCK_J, BLOCK_D=_pow2(u.shape[-1]),
         PRECISION=sum_precision, num_warps=num_warps,
@@ -352,7 +353,7 @@ def budget_choose_fwd(err: torch.Tensor, ref_norm: torch.Tensor, ladder: torch.T
     g, r, c = err.shape
     errors = torch.empty((g, c), dtype=torch.float32, device=err.device)
     drop = torch.empty((g,), dtype=torch.float32, device=err.device)
-    _budget_choose_fwd_kernel[(g,)](err, ref_norm, ladder, errors, drop, r, float(target), KEEP_ALL,
+    launch(_budget_choose_fwd_kernel, (g,), err, ref_norm, ladder, errors, drop, r, float(target), KEEP_ALL,
                                     C=c, C_PAD=_pow2(c + 1), BLOCK_R=min(64, _pow2(r)), num_warps=1)
     return errors, drop
 

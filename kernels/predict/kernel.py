@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._launch import launch
 from ..budget.kernel import budget_partials_fwd
 from ..geometry import blocks_touching, num_blocks
 from ..lut import lut_from_mask
@@ -191,7 +192,7 @@ def lse_block_logits_fwd(q_lse_mean: torch.Tensor, q_lse_var: Optional[torch.Ten
     block_q = block_q or (128 if nq >= 256 else 64)
     per_program = per_program or (1 if nk <= 64 else (4 if nk <= 256 else 16))
     num_stages = num_stages or 1
-    _lse_block_logits_fwd_kernel[(triton.cdiv(nq, block_q), triton.cdiv(nk, per_program), b * h)](
+    launch(_lse_block_logits_fwd_kernel, (triton.cdiv(nq, block_q), triton.cdiv(nk, per_program), b * h),
         q_lse_mean, q_lse_var if variance else q_lse_mean, k, logits, *k.stride(), h, nq, nk, sk,
         BLOCK_Q=block_q, BLOCK_N=block_n, D=d, BLOCKS_PER_PROGRAM=per_program, VARIANCE=variance,
         num_warps=num_warps, num_stages=num_stages,
@@ -267,7 +268,7 @@ def select_blocks_fwd(
         threshold = 1.0 if cdf_threshold is None else float(cdf_threshold)
     drop = drop_mass.float().reshape(b * h).contiguous() if per_head else dummy
     use_sim = sim_threshold is not None and pooled
-    _select_blocks_fwd_kernel[(nq, b * h)](
+    launch(_select_blocks_fwd_kernel, (nq, b * h),
         logits, q_means if pool_in_kernel else dummy, k_means if pool_in_kernel else dummy,
         q_sims if use_sim else dummy, k_sims if use_sim else dummy,
         forced_blocks(keep_ranges, seq_len_q, block_m, device),

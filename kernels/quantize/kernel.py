@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._launch import launch
 from ..predict.kernel import lse_block_logits_fwd
 
 FP8_E4M3_MAX = 448.0
@@ -273,7 +274,7 @@ def prepare_fwd(
     blocks = max(nq, nk) if key_side else nq
     if split_roles is None:
         split_roles = blocks * b * h < SPLIT_ROLES_BELOW
-    _first_pass_kernel[(blocks, b * h, 3 if split_roles else 1)](
+    launch(_first_pass_kernel, (blocks, b * h, 3 if split_roles else 1),
         q, k, v_or_k, pick(out["q_int8"]), pick(out["q_scale"]), pick(out["q_means"]), pick(out["q_sims"]),
         lse_mean, lse_var, pick(out["k_means"]), pick(out["k_sims"]), pick(v_amax),
         *q.stride(), *k.stride(), *v_or_k.stride(), h, sq, sk, nq, nk, q_scale_mult, scale,
@@ -283,13 +284,13 @@ def prepare_fwd(
     )
     if quantize_qk or v_fp8:
         channels = min(d, 32)
-        _channel_stats_kernel[(b * h, d // channels)](
+        launch(_channel_stats_kernel, (b * h, d // channels),
             pick(out["k_means"]), pick(v_amax), pick(k_shift), pick(out["v_scale"]), nk, sk,
             BLOCK_N=block_n, D=d, CHANNELS=channels, ROWS=64, K_SHIFT_OUT=quantize_qk, V_SCALE_OUT=v_fp8,
             num_warps=4,
         )
     if quantize_qk or v_fp8:
-        _second_pass_kernel[(nk, b * h, 2 if split_roles else 1)](
+        launch(_second_pass_kernel, (nk, b * h, 2 if split_roles else 1),
             k, v_or_k, pick(k_shift), pick(out["k_int8"]), pick(out["k_scale"]), pick(out["v_scale"]),
             pick(out["v_fp8"]), *k.stride(), *v_or_k.stride(), h, sk, nk * block_n, nk,
             BLOCK_N=block_n, D=d, QUANTIZE_K=quantize_qk, V_FP8=v_fp8, SPLIT_ROLES=split_roles, num_warps=num_warps,
