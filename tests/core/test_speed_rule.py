@@ -95,7 +95,8 @@ def test_committed_table_records_the_measured_budget_call():
     (SpargeConfig(topk=0.5), 4608, 24, True),          # Flux.1-dev 1024^2, batch 1: the sparse call loses there
     (SpargeConfig(topk=0.5), 17776, 60, False),        # CogVideoX-2b length and CFG batch win
     (SpargeConfig(target_error=0.05), 1024, 24, True),
-    (SpargeConfig(target_error=0.05), 8192, 24, True),    # needs 0.3 there; the budget may keep every block
+    (SpargeConfig(target_error=0.05), 4608, 48, True),    # needs 0.3 there; the budget may keep every block
+    (SpargeConfig(target_error=0.05), 8192, 24, False),   # session 13: a full mask wins at 8,192 keys
     (SpargeConfig(target_error=0.05), 17776, 60, False),  # wins even with a full mask
     (SpargeConfig(target_error=0.05), 8192, 48, False),
     (SpargeConfig(topk=0.5, speed_rule="sparse"), 4608, 24, False),
