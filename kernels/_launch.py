@@ -131,7 +131,9 @@ def _key(fn, args, kwargs) -> Optional[tuple]:
             if part is _UNKEYED:
                 return None
             append(part)
-    for name, value in sorted(kwargs.items()):
+    # keywords in call order: a call site passes them in one order, and their names are in the key, so a site with
+    # another order only makes its own (correct) entry
+    for name, value in kwargs.items():
         part = value if type(value) is int else arg_key(value)
         if part is _UNKEYED:
             return None
